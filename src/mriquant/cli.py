@@ -1,0 +1,265 @@
+"""The ``mriquant`` command line.
+
+One command with subcommands. :func:`main` takes ``argv`` so tests call it
+in-process. Heavy imports happen inside the subcommands so ``--help`` is instant.
+Every :class:`~mriquant.core.errors.MriquantError` becomes one line on stderr and
+exit code 2; nothing is written for a failed command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mriquant import __version__
+from mriquant.core.errors import MriquantError
+
+log = logging.getLogger("mriquant")
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: Exit code of subcommands whose implementation has not landed yet.
+EXIT_NOT_AVAILABLE = 3
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="scan: NIfTI, MGZ, MINC, NRRD, MHA, or DICOM folder/zip/file")
+    p.add_argument("--volume", type=int, metavar="N", help="volume of a 4D input to use (0-based)")
+    p.add_argument(
+        "--series", metavar="ID",
+        help="DICOM series to use when a folder holds several: SeriesInstanceUID, SeriesNumber or "
+        "1-based index of the listing",
+    )
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mriquant",
+        description="MRI segmentation and quantification: raw scan in, measurements out.",
+    )
+    parser.add_argument("--version", action="version", version=f"mriquant {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr, no progress")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="formats, methods, models, label tables and versions")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert a scan to NIfTI in its native grid (+ JSON sidecar)")
+    _add_input_options(p)
+    p.add_argument("output", type=Path, help="output .nii or .nii.gz; a .json sidecar is written beside it")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(handler=_cmd_convert)
+
+    p = sub.add_parser("preprocess", help="N4, skull stripping, MNI152 registration, normalisation")
+    _add_input_options(p)
+    _add_output_options(p)
+    p.add_argument("--steps", nargs="+", metavar="STEP", help="steps to run (default: all)")
+    p.set_defaults(handler=_not_yet("preprocess", "the preprocessing issue (#3)"))
+
+    p = sub.add_parser("segment", help="segment tissues and/or structures with one method")
+    _add_input_options(p)
+    _add_output_options(p)
+    p.add_argument("--method", default=None, help="segmentation method (see `mriquant info`)")
+    p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
+    p.set_defaults(handler=_not_yet("segment", "the classical (#4) and deep (#5) segmentation issues"))
+
+    p = sub.add_parser("run", help="the full pipeline: preprocess, segment, quantify, report")
+    _add_input_options(p)
+    _add_output_options(p)
+    p.add_argument("--method", default=None, help="segmentation method (see `mriquant info`)")
+    p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("longitudinal", help="change between a baseline and a follow-up scan")
+    p.add_argument("baseline", type=Path)
+    p.add_argument("followup", type=Path)
+    _add_output_options(p)
+    p.add_argument("--interval-years", type=float, metavar="Y", help="time between the scans")
+    p.set_defaults(handler=_not_yet("longitudinal", "the quantification issue (#6)"))
+
+    p = sub.add_parser("evaluate", help="compare a label map with a reference: Dice, HD95, ASSD, volume")
+    p.add_argument("pred", type=Path, help="predicted label map")
+    p.add_argument("truth", type=Path, help="reference label map (any grid: resampled by world coordinates)")
+    p.add_argument(
+        "--map", type=Path, metavar="FILE",
+        help="label mapping applied to TRUTH (TSV: source id, target id), or a shipped name: "
+        "miccai2012-to-freesurfer",
+    )
+    p.add_argument("--labels", type=int, nargs="+", metavar="ID", help="only these labels")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a segmentation network (deep models)")
+    p.add_argument("data", type=Path, nargs="?", help="folder of (image, label) pairs and/or label maps")
+    p.add_argument("--config", type=Path, help="training configuration file")
+    p.add_argument("-o", "--output", type=Path, help="output folder for checkpoints and weights")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(handler=_not_yet("train", "the deep-learning issue (#5)"))
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="mriquant: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns
+    -------
+    int
+        0 on success, 2 on bad input (one line on stderr), 3 for a subcommand
+        that has not landed yet.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    args.argv = args_list
+    try:
+        return int(args.handler(args))
+    except MriquantError as exc:
+        message = " ".join(str(exc).split())
+        print(f"mriquant {args.command}: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"mriquant {args.command}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+def _progress(quiet: bool) -> Any:
+    """A rich progress display on stderr (transient; silent when quiet)."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, quiet=quiet)
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from mriquant.info import describe, render_text
+
+    info = describe()
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+    else:
+        print(render_text(info))
+    return 0
+
+
+def _read_input(args: argparse.Namespace, *, min_voxels: int, progress: Any) -> Any:
+    from mriquant.io import read_image
+
+    task = progress.add_task(f"reading {args.input.name}", total=None)
+    image = read_image(args.input, volume=args.volume, series=args.series, min_voxels=min_voxels)
+    progress.remove_task(task)
+    return image
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from mriquant.convert import convert
+
+    with _progress(args.quiet) as progress:
+        image = _read_input(args, min_voxels=1, progress=progress)
+        nii, sidecar = convert(image, args.output, inputs=[args.input], force=args.force)
+    log.info("wrote %s and %s", nii, sidecar)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mriquant import manifest
+    from mriquant.core.case import Case
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+
+    started, t0 = _now(), time.perf_counter()
+    with _progress(args.quiet) as progress:
+        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=progress))
+    with case.step("read", {"input": str(args.input), "volume": args.volume, "series": args.series}):
+        pass
+    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
+        data = manifest.build(
+            command="run", argv=args.argv,
+            parameters={"method": args.method, "skullstripped": args.skullstripped},
+            inputs=[args.input], outputs=["manifest.json"], steps=case.provenance,
+            started=started, seconds=time.perf_counter() - t0,
+            extra={"input_geometry": _geometry(case.image), "status": "input validated; "
+                   "preprocessing, segmentation and quantification have not landed yet"},
+        )
+        write_json(data, staging / "manifest.json")
+    print(
+        f"mriquant run: read and validated {args.input.name} (shape {case.image.shape}, "
+        f"{case.image.axcodes}); segmentation is not available in mriquant {__version__} yet, "
+        f"so {args.output} holds only manifest.json.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _geometry(image: Any) -> dict[str, Any]:
+    return {
+        "shape": list(image.shape), "spacing_mm": [round(s, 6) for s in image.spacing],
+        "orientation": image.axcodes, "affine": image.affine.round(6).tolist(),
+    }
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mriquant.evaluate import command
+
+    return command(args)
+
+
+def _not_yet(name: str, where: str) -> Handler:
+    """Handler for a subcommand whose implementation lands with a later issue.
+
+    It validates the input first (bad input still exits 2), then says plainly that
+    the step is not available and exits with :data:`EXIT_NOT_AVAILABLE`.
+    """
+
+    def handler(args: argparse.Namespace) -> int:
+        from mriquant.io import MIN_ANALYSIS_VOXELS, read_image
+
+        for attr in ("input", "baseline", "followup"):
+            path = getattr(args, attr, None)
+            if path is not None:
+                read_image(path, volume=getattr(args, "volume", None), series=getattr(args, "series", None),
+                           min_voxels=MIN_ANALYSIS_VOXELS)
+        print(f"mriquant {name}: not available in mriquant {__version__} yet; it lands with {where}. "
+              "Nothing was written.", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+
+    return handler
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
