@@ -188,8 +188,9 @@ def _read_input(args: argparse.Namespace, *, min_voxels: int, progress: Any) -> 
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from mriquant.convert import convert
+    from mriquant.convert import check_output, convert
 
+    check_output(args.output, inputs=[args.input], force=args.force)
     with _progress(args.quiet) as progress:
         image = _read_input(args, min_voxels=1, progress=progress)
         nii, sidecar = convert(image, args.output, inputs=[args.input], force=args.force)

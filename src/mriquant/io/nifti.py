@@ -11,7 +11,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from mriquant.core.errors import FormatError, GeometryError
+from mriquant.core.errors import FormatError, GeometryError, InputError
 from mriquant.io.base import RawVolume
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ def read_nibabel(path: Path, fmt: str) -> RawVolume:
     source = str(path)
     try:
         img = nib.load(source)
+        if 0 in img.shape:
+            raise InputError(
+                f"Expected a non-empty 3D image, found a zero-length axis (shape {tuple(img.shape)}) "
+                f"in {path.name}; the file holds no voxels - re-export the scan."
+            )
         array = np.asarray(img.dataobj, dtype=np.float32) if img.get_data_dtype().kind != "V" else None
     except MemoryError:
         raise

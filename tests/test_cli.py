@@ -1,0 +1,142 @@
+"""The command line: version, info, convert, run, output safety and the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mriquant import __version__
+from mriquant.cli import EXIT_NOT_AVAILABLE, main
+
+DEMO = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "demo" / "chris_t1.nii.gz"
+
+
+@pytest.fixture
+def scan(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    data = (rng.random((20, 22, 18)) * 500).astype(np.int16)
+    affine = np.array([[0, 0, -1.2, 50], [0.9, 0, 0, -40], [0, 1.1, 0, 10], [0, 0, 0, 1]], float)
+    path = tmp_path / "in" / "scan.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"mriquant {__version__}"
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: mriquant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["info", "convert", "preprocess", "segment", "run", "longitudinal", "evaluate", "train"])
+def test_every_subcommand_has_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([sub, "--help"]) == 0
+    assert f"usage: mriquant {sub}" in capsys.readouterr().out
+
+
+def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == __version__
+    assert {"nifti", "mgh", "minc", "nrrd", "metaimage", "dicom"} <= set(info["formats"])
+    assert [r["id"] for r in info["label_tables"]["tissues"]] == [1, 2, 3]
+    fs = {r["id"]: r["name"] for r in info["label_tables"]["freesurfer"]}
+    assert fs[17] == "Left-Hippocampus" and fs[53] == "Right-Hippocampus" and fs[10] == "Left-Thalamus"
+    assert "miccai2012-to-freesurfer" in info["label_maps"]
+    assert info["versions"]["nibabel"] == nib.__version__
+
+
+def test_info_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"mriquant {__version__}") and "Label tables:" in out
+
+
+def test_convert_keeps_native_grid(scan: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "conv.nii.gz"
+    assert main(["convert", str(scan), str(out)]) == 0
+    src, dst = nib.load(str(scan)), nib.load(str(out))
+    assert dst.shape == src.shape
+    np.testing.assert_allclose(dst.affine, src.affine, atol=1e-6)
+    np.testing.assert_allclose(dst.get_sform(), src.affine, atol=1e-6)
+    np.testing.assert_allclose(dst.get_qform(), src.affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(dst.dataobj), np.asarray(src.dataobj, dtype=np.float32))
+    side = json.loads(out.with_name("conv.json").read_text())
+    assert side["ConversionSoftware"] == "mriquant" and side["SourceFormat"] == "nifti"
+
+
+def test_convert_refuses_to_overwrite_without_force(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "conv.nii.gz"
+    out.write_bytes(b"keep me")
+    assert main(["convert", str(scan), str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert main(["convert", str(scan), str(out), "--force"]) == 0
+    assert nib.load(str(out)).shape == (20, 22, 18)
+
+
+def test_convert_never_writes_over_its_input(scan: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = scan.read_bytes()
+    assert main(["convert", str(scan), str(scan), "--force"]) == 2
+    assert "overlapping input" in capsys.readouterr().err
+    assert scan.read_bytes() == before
+
+
+def test_convert_rejects_non_nifti_output(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(scan), str(tmp_path / "x.mgz")]) == 2
+    assert ".nii.gz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_run_writes_manifest(scan: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(scan), "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "run"
+    assert manifest["versions"]["mriquant"] == __version__
+    assert manifest["inputs"][0]["sha256"] == __import__("hashlib").sha256(scan.read_bytes()).hexdigest()
+    assert manifest["input_geometry"]["shape"] == [20, 22, 18]
+    assert [s["name"] for s in manifest["steps"]] == ["read"]
+
+
+def test_run_output_folder_needs_force(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    assert main(["run", str(scan), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "old.txt").exists()
+    assert main(["run", str(scan), "-o", str(out), "--force"]) == 0
+    assert (out / "manifest.json").exists() and not (out / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "run"]  # no staging folders left
+
+
+def test_run_output_over_input_is_refused(scan: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = scan.read_bytes()
+    assert main(["run", str(scan), "-o", str(scan), "--force"]) == 2
+    assert "overlapping input" in capsys.readouterr().err
+    assert scan.read_bytes() == before
+
+
+@pytest.mark.parametrize("sub", ["preprocess", "segment"])
+def test_unlanded_subcommands_say_so(sub: str, scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([sub, str(scan), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
+    assert "not available" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="demo scan not in the source tree")
+def test_demo_scan_is_shipped_and_reads() -> None:
+    from mriquant.io import read_image
+
+    img = read_image(DEMO)
+    assert img.shape == (188, 256, 190) and img.axcodes == "RAS"
+    assert img.array.dtype == np.float32
