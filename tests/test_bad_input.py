@@ -11,7 +11,7 @@ import pytest
 from mriquant.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent / "corpus"))
-from make_bad_inputs import BadInput, build  # noqa: E402
+from make_bad_inputs import BadInput, build
 
 COMMANDS = ("convert", "run", "preprocess", "segment")
 
@@ -35,8 +35,18 @@ def _argv(command: str, entry: BadInput, out: Path) -> list[str]:
 
 
 NAMES = (
-    "missing", "empty", "truncated_gzip", "text_named_nii_gz", "2d", "4d", "nan", "zero",
-    "singular_affine", "zero_length_axis", "empty_dicom_folder", "non_dicom_folder",
+    "missing",
+    "empty",
+    "truncated_gzip",
+    "text_named_nii_gz",
+    "2d",
+    "4d",
+    "nan",
+    "zero",
+    "singular_affine",
+    "zero_length_axis",
+    "empty_dicom_folder",
+    "non_dicom_folder",
     "dicom_mixed_orientation",
 )
 
@@ -70,7 +80,9 @@ def test_4d_with_volume_is_accepted(corpus: dict[str, BadInput], tmp_path: Path)
     assert out.exists() and out.with_name("v.json").exists()
 
 
-def test_4d_volume_out_of_range(corpus: dict[str, BadInput], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_4d_volume_out_of_range(
+    corpus: dict[str, BadInput], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["convert", str(corpus["4d"].path), str(tmp_path / "v.nii.gz"), "--volume", "5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -36,7 +36,9 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: mriquant" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sub", ["info", "convert", "preprocess", "segment", "run", "longitudinal", "evaluate", "train"])
+@pytest.mark.parametrize(
+    "sub", ["info", "convert", "preprocess", "segment", "run", "longitudinal", "evaluate", "train"]
+)
 def test_every_subcommand_has_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([sub, "--help"]) == 0
     assert f"usage: mriquant {sub}" in capsys.readouterr().out
@@ -73,7 +75,9 @@ def test_convert_keeps_native_grid(scan: Path, tmp_path: Path) -> None:
     assert side["ConversionSoftware"] == "mriquant" and side["SourceFormat"] == "nifti"
 
 
-def test_convert_refuses_to_overwrite_without_force(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_refuses_to_overwrite_without_force(
+    scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "conv.nii.gz"
     out.write_bytes(b"keep me")
     assert main(["convert", str(scan), str(out)]) == 2

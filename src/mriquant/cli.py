@@ -32,7 +32,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="scan: NIfTI, MGZ, MINC, NRRD, MHA, or DICOM folder/zip/file")
     p.add_argument("--volume", type=int, metavar="N", help="volume of a 4D input to use (0-based)")
     p.add_argument(
-        "--series", metavar="ID",
+        "--series",
+        metavar="ID",
         help="DICOM series to use when a folder holds several: SeriesInstanceUID, SeriesNumber or "
         "1-based index of the listing",
     )
@@ -94,9 +95,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", type=Path, help="predicted label map")
     p.add_argument("truth", type=Path, help="reference label map (any grid: resampled by world coordinates)")
     p.add_argument(
-        "--map", type=Path, metavar="FILE",
-        help="label mapping applied to TRUTH (TSV: source id, target id), or a shipped name: "
-        "miccai2012-to-freesurfer",
+        "--map",
+        type=Path,
+        metavar="FILE",
+        help="label mapping applied to TRUTH (TSV: source id, target id), or a shipped name: miccai2012-to-freesurfer",
     )
     p.add_argument("--labels", type=int, nargs="+", metavar="ID", help="only these labels")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -129,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 2 on bad input (one line on stderr), 3 for a subcommand
         that has not landed yet.
+
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
@@ -158,7 +161,9 @@ def _progress(quiet: bool) -> Any:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, quiet=quiet)
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
+    )
 
 
 def _now() -> str:
@@ -210,12 +215,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pass
     with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
         data = manifest.build(
-            command="run", argv=args.argv,
+            command="run",
+            argv=args.argv,
             parameters={"method": args.method, "skullstripped": args.skullstripped},
-            inputs=[args.input], outputs=["manifest.json"], steps=case.provenance,
-            started=started, seconds=time.perf_counter() - t0,
-            extra={"input_geometry": _geometry(case.image), "status": "input validated; "
-                   "preprocessing, segmentation and quantification have not landed yet"},
+            inputs=[args.input],
+            outputs=["manifest.json"],
+            steps=case.provenance,
+            started=started,
+            seconds=time.perf_counter() - t0,
+            extra={
+                "input_geometry": _geometry(case.image),
+                "status": "input validated; preprocessing, segmentation and quantification have not landed yet",
+            },
         )
         write_json(data, staging / "manifest.json")
     print(
@@ -229,8 +240,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _geometry(image: Any) -> dict[str, Any]:
     return {
-        "shape": list(image.shape), "spacing_mm": [round(s, 6) for s in image.spacing],
-        "orientation": image.axcodes, "affine": image.affine.round(6).tolist(),
+        "shape": list(image.shape),
+        "spacing_mm": [round(s, 6) for s in image.spacing],
+        "orientation": image.axcodes,
+        "affine": image.affine.round(6).tolist(),
     }
 
 
@@ -253,10 +266,17 @@ def _not_yet(name: str, where: str) -> Handler:
         for attr in ("input", "baseline", "followup"):
             path = getattr(args, attr, None)
             if path is not None:
-                read_image(path, volume=getattr(args, "volume", None), series=getattr(args, "series", None),
-                           min_voxels=MIN_ANALYSIS_VOXELS)
-        print(f"mriquant {name}: not available in mriquant {__version__} yet; it lands with {where}. "
-              "Nothing was written.", file=sys.stderr)
+                read_image(
+                    path,
+                    volume=getattr(args, "volume", None),
+                    series=getattr(args, "series", None),
+                    min_voxels=MIN_ANALYSIS_VOXELS,
+                )
+        print(
+            f"mriquant {name}: not available in mriquant {__version__} yet; it lands with {where}. "
+            "Nothing was written.",
+            file=sys.stderr,
+        )
         return EXIT_NOT_AVAILABLE
 
     return handler

@@ -13,13 +13,35 @@ from mriquant.core.image import Image
 from mriquant.io.write import atomic_path, guard_inputs, to_nifti
 
 #: Sidecar keys that can identify a person; dropped even if a reader put them in.
-IDENTIFYING = frozenset({
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
-    "AccessionNumber", "InstitutionName", "InstitutionAddress", "StationName", "DeviceSerialNumber",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "StudyDate", "SeriesDate",
-    "AcquisitionDate", "AcquisitionDateTime", "ContentDate", "StudyTime", "SeriesTime",
-    "AcquisitionTime", "ContentTime", "StudyInstanceUID", "SeriesInstanceUID",
-})
+IDENTIFYING = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "PatientAge",
+        "PatientWeight",
+        "AccessionNumber",
+        "InstitutionName",
+        "InstitutionAddress",
+        "StationName",
+        "DeviceSerialNumber",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+        "AcquisitionDateTime",
+        "ContentDate",
+        "StudyTime",
+        "SeriesTime",
+        "AcquisitionTime",
+        "ContentTime",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+    }
+)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -45,9 +67,7 @@ def check_output(output: Path, *, inputs: Iterable[Path], force: bool) -> None:
     """Raise :class:`OutputError` unless ``output`` may be written."""
     name = output.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise OutputError(
-            f"Expected an output ending in .nii or .nii.gz, found {output.name}; rename the output."
-        )
+        raise OutputError(f"Expected an output ending in .nii or .nii.gz, found {output.name}; rename the output.")
     guard_inputs(output, inputs)
     for path in (output, sidecar_path(output)):
         if path.exists() and not force:
@@ -63,6 +83,7 @@ def convert(image: Image, output: Path, *, inputs: Iterable[Path] = (), force: b
     -------
     tuple of pathlib.Path
         The NIfTI and the sidecar paths.
+
     """
     import nibabel as nib
 

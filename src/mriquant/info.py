@@ -22,9 +22,7 @@ def describe() -> dict[str, Any]:
         "version": __version__,
         "formats": dict(FORMAT_NAMES),
         "write_formats": {"nifti": "NIfTI-1 (.nii, .nii.gz), native grid, exact affine"},
-        "methods": [
-            {"name": n, "kind": k, "description": d, "reference": r} for n, (k, d, r) in METHODS.items()
-        ],
+        "methods": [{"name": n, "kind": k, "description": d, "reference": r} for n, (k, d, r) in METHODS.items()],
         "models": [{"name": n, "description": d} for n, d in MODELS.items()],
         "label_tables": {name: t.as_dict() for name, t in tables().items()},
         "label_maps": _label_maps(),
@@ -49,8 +47,10 @@ def render_text(info: dict[str, Any]) -> str:
     lines += ["", "Models:"] + ([f"  {m['name']}: {m['description']}" for m in info["models"]] or ["  (none)"])
     lines += ["", "Label tables:"]
     for name, rows in info["label_tables"].items():
-        lines.append(f"  {name}: {len(rows)} labels ({', '.join(str(r['id']) for r in rows[:12])}"
-                     f"{', ...' if len(rows) > 12 else ''})")
+        lines.append(
+            f"  {name}: {len(rows)} labels ({', '.join(str(r['id']) for r in rows[:12])}"
+            f"{', ...' if len(rows) > 12 else ''})"
+        )
     lines += ["", "Label mappings: " + (", ".join(info["label_maps"]) or "(none)")]
     lines += ["", "Versions:"] + [f"  {k:20s} {v}" for k, v in info["versions"].items()]
     return "\n".join(lines)

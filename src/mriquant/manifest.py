@@ -18,8 +18,19 @@ from mriquant.core.case import Step
 
 #: Distributions whose versions every manifest records.
 TRACKED = (
-    "numpy", "scipy", "nibabel", "pydicom", "SimpleITK", "scikit-image", "highdicom",
-    "nilearn", "torch", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pyjpegls",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "pydicom",
+    "SimpleITK",
+    "scikit-image",
+    "highdicom",
+    "nilearn",
+    "torch",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pyjpegls",
 )
 
 
@@ -94,6 +105,7 @@ def build(
         Total wall-clock time.
     extra : dict, optional
         Additional top-level entries.
+
     """
     manifest: dict[str, Any] = {
         "tool": "mriquant",

@@ -49,10 +49,9 @@ def _nifti_raw_sform(path: Path, data: np.ndarray, sform: np.ndarray) -> Path:
 
 
 def _dicom_slice(path: Path, z: float, iop: list[float], uid: str, series_uid: str) -> None:
+    from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-
-    from pydicom import Dataset
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage

@@ -34,6 +34,7 @@ class Step:
         ISO 8601 UTC start time.
     seconds : float
         Wall-clock duration in seconds.
+
     """
 
     name: str
@@ -63,6 +64,7 @@ class Case:
         Spatial transforms, e.g. ``"to_mni"``.
     provenance : list of Step
         What was done, in order.
+
     """
 
     image: Image
@@ -95,6 +97,7 @@ class Case:
         >>> case = Case(Image(np.zeros((2, 2, 2), np.float32), np.eye(4)))  # doctest: +SKIP
         >>> with case.step("threshold", {"level": 3}):
         ...     pass
+
         """
         from mriquant import __version__
 
@@ -102,6 +105,4 @@ class Case:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         yield recorded
-        self.provenance.append(
-            Step(name, recorded, __version__, started, round(time.perf_counter() - t0, 3))
-        )
+        self.provenance.append(Step(name, recorded, __version__, started, round(time.perf_counter() - t0, 3)))

@@ -16,6 +16,7 @@ class MriquantError(Exception):
     ----------
     exit_code : int
         Process exit code the command line uses for this error.
+
     """
 
     exit_code: int = 2

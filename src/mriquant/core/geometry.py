@@ -42,6 +42,7 @@ def reorient(image: ImageT, codes: str = "RAS") -> ImageT:
     -------
     Image or LabelImage
         Same type as ``image``.
+
     """
     current = nib.orientations.io_orientation(image.affine)
     target = nib.orientations.axcodes2ornt(tuple(codes))
@@ -52,9 +53,7 @@ def reorient(image: ImageT, codes: str = "RAS") -> ImageT:
     return type(image)(np.ascontiguousarray(array), affine, dict(image.meta))
 
 
-def world_to_voxel(
-    affine: npt.NDArray[np.float64], points: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
+def world_to_voxel(affine: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Map world points ``(N, 3)`` in RAS+ mm to (fractional) voxel indices ``(N, 3)``."""
     inv = np.linalg.inv(affine)
     return np.asarray(points @ inv[:3, :3].T + inv[:3, 3], dtype=np.float64)
@@ -88,6 +87,7 @@ def resample_to(
     -------
     Image or LabelImage
         Same type as ``image`` on the target grid. Labels keep an integer dtype.
+
     """
     is_label = isinstance(image, LabelImage)
     spline = 0 if is_label else (1 if order is None else order)
@@ -117,9 +117,7 @@ def resample_like(image: ImageT, reference: Image, **kwargs: Any) -> ImageT:
     return resample_to(image, reference.shape, reference.affine, **kwargs)
 
 
-def isotropic_grid(
-    image: Image, spacing: float = 1.0
-) -> tuple[tuple[int, int, int], npt.NDArray[np.float64]]:
+def isotropic_grid(image: Image, spacing: float = 1.0) -> tuple[tuple[int, int, int], npt.NDArray[np.float64]]:
     """Return a RAS-ordered grid of ``spacing`` mm covering ``image``'s field of view.
 
     Returns
@@ -128,6 +126,7 @@ def isotropic_grid(
         Grid shape.
     affine : numpy.ndarray, shape (4, 4)
         Axis-aligned RAS+ affine with the given spacing.
+
     """
     corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in image.shape], indexing="ij"))
     corners = corners.reshape(3, -1).T

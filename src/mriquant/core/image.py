@@ -39,14 +39,14 @@ def check_affine(affine: npt.ArrayLike, *, source: str = "image") -> npt.NDArray
     ------
     GeometryError
         If the affine is not 4x4, not finite, has a bad last row or is singular.
+
     """
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4):
         raise GeometryError(f"Expected a 4x4 affine, found shape {a.shape} in {source}; fix the header.")
     if not np.all(np.isfinite(a)):
         raise GeometryError(
-            f"Expected a finite affine, found NaN/inf in {source}; fix the header's geometry "
-            "(qform/sform or pixdim)."
+            f"Expected a finite affine, found NaN/inf in {source}; fix the header's geometry (qform/sform or pixdim)."
         )
     if not np.allclose(a[3], [0.0, 0.0, 0.0, 1.0]):
         raise GeometryError(f"Expected the affine's last row to be [0 0 0 1], found {a[3]} in {source}.")
@@ -90,6 +90,7 @@ class Image:
     >>> img = Image(np.zeros((4, 5, 6), np.float32), np.eye(4))
     >>> img.spacing
     (1.0, 1.0, 1.0)
+
     """
 
     array: npt.NDArray[Any]
@@ -135,6 +136,7 @@ class Image:
             New voxel values; must have this image's shape.
         **meta
             Metadata entries to add or replace.
+
         """
         if tuple(array.shape) != self.shape:
             raise GeometryError(f"Expected shape {self.shape}, found {tuple(array.shape)}.")

@@ -26,6 +26,7 @@ class Label:
         Name, FreeSurfer spelling for structures.
     rgb : tuple of int
         Display colour, 0-255 per channel.
+
     """
 
     id: int
@@ -110,8 +111,22 @@ SUBCORTICAL_15 = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 4, 43, 16)
 
 #: Left/right FreeSurfer id pairs of bilateral structures.
 BILATERAL_PAIRS = (
-    (2, 41), (3, 42), (4, 43), (5, 44), (7, 46), (8, 47), (10, 49), (11, 50), (12, 51),
-    (13, 52), (17, 53), (18, 54), (26, 58), (28, 60), (30, 62), (31, 63),
+    (2, 41),
+    (3, 42),
+    (4, 43),
+    (5, 44),
+    (7, 46),
+    (8, 47),
+    (10, 49),
+    (11, 50),
+    (12, 51),
+    (13, 52),
+    (17, 53),
+    (18, 54),
+    (26, 58),
+    (28, 60),
+    (30, 62),
+    (31, 63),
 )
 
 

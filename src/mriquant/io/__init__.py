@@ -12,7 +12,7 @@ import numpy as np
 
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
-from mriquant.io.base import ReadOptions, RawVolume, check_file, check_values, select_volume
+from mriquant.io.base import RawVolume, ReadOptions, check_file, check_values, select_volume
 from mriquant.io.registry import FORMAT_NAMES, detect_format
 from mriquant.io.write import output_folder, write_image, write_json
 
@@ -86,6 +86,7 @@ def read_image(
     >>> img = read_image("scan.nii.gz")  # doctest: +SKIP
     >>> img.shape, img.spacing  # doctest: +SKIP
     ((188, 256, 190), (0.88, 0.88, 0.88))
+
     """
     raw = read_raw(path, ReadOptions(volume=volume, series=series))
     source = Path(path).name
@@ -107,6 +108,7 @@ def read_labels(path: str | Path) -> LabelImage:
     ------
     InputError
         If the file is not 3D or holds non-integer values.
+
     """
     raw = read_raw(path)
     array = select_volume(raw.array, ReadOptions(), Path(path).name)

@@ -26,6 +26,7 @@ class ReadOptions:
     series : str or None
         DICOM series to read from a folder holding several: a SeriesInstanceUID,
         a SeriesNumber, or a 1-based index into the listing.
+
     """
 
     volume: int | None = None
@@ -45,6 +46,7 @@ class RawVolume:
     meta : dict
         ``format``, ``source`` and format-specific entries; ``sidecar`` holds
         non-identifying acquisition parameters for the JSON sidecar.
+
     """
 
     array: npt.NDArray[Any]
@@ -70,19 +72,18 @@ def select_volume(array: npt.NDArray[Any], options: ReadOptions, source: str) ->
     ------
     InputError
         For 2D data, 4D data without ``--volume``, an out-of-range volume, or 5D+ data.
+
     """
     while array.ndim > 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 2:
         raise InputError(
-            f"Expected a 3D image, found a 2D image of shape {tuple(array.shape)} in {source}; "
-            "pass a 3D volume."
+            f"Expected a 3D image, found a 2D image of shape {tuple(array.shape)} in {source}; pass a 3D volume."
         )
     if array.ndim == 3:
         if options.volume not in (None, 0):
             raise InputError(
-                f"Expected a 4D image for --volume {options.volume}, found a 3D image in {source}; "
-                "drop --volume."
+                f"Expected a 4D image for --volume {options.volume}, found a 3D image in {source}; drop --volume."
             )
         return array
     if array.ndim == 4:
@@ -95,9 +96,7 @@ def select_volume(array: npt.NDArray[Any], options: ReadOptions, source: str) ->
                 f"pass --volume N (0..{n - 1}) to pick one."
             )
         if not 0 <= options.volume < n:
-            raise InputError(
-                f"Expected --volume between 0 and {n - 1}, found {options.volume} for {source}."
-            )
+            raise InputError(f"Expected --volume between 0 and {n - 1}, found {options.volume} for {source}.")
         return array[..., options.volume]
     raise InputError(
         f"Expected a 3D image, found {array.ndim} dimensions (shape {tuple(array.shape)}) in {source}; "
@@ -112,13 +111,12 @@ def check_values(array: npt.NDArray[np.float32], source: str) -> npt.NDArray[np.
     ------
     InputError
         If every voxel is NaN/inf, or every voxel is zero (or one constant value).
+
     """
     finite = np.isfinite(array)
     n_bad = int(array.size - np.count_nonzero(finite))
     if n_bad == array.size:
-        raise InputError(
-            f"Expected finite voxel values, found only NaN/inf in {source}; the scan holds no data."
-        )
+        raise InputError(f"Expected finite voxel values, found only NaN/inf in {source}; the scan holds no data.")
     if n_bad:
         log.warning("%s: %d non-finite voxels (NaN/inf) set to 0.", source, n_bad)
         array = np.where(finite, array, np.float32(0.0)).astype(np.float32)

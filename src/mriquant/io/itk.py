@@ -34,6 +34,7 @@ def read_sitk(path: Path, fmt: str) -> RawVolume:
     ------
     FormatError
         If SimpleITK cannot read the file, or its pixels are vectors.
+
     """
     import SimpleITK as sitk
 

@@ -34,10 +34,9 @@ def _nifti_geometry_meta(img: Any, source: str) -> dict[str, Any]:
                 source,
             )
         pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
-        if np.any(~np.isfinite(pixdim)) or np.any(pixdim <= 0) and sform_code == 0:
+        if np.any(~np.isfinite(pixdim)) or (np.any(pixdim <= 0) and sform_code == 0):
             raise GeometryError(
-                f"Expected positive voxel sizes, found pixdim {pixdim.tolist()} in {source}; "
-                "fix the header's pixdim."
+                f"Expected positive voxel sizes, found pixdim {pixdim.tolist()} in {source}; fix the header's pixdim."
             )
     return meta
 
@@ -56,10 +55,11 @@ def read_nibabel(path: Path, fmt: str) -> RawVolume:
     ------
     FormatError
         If the file is not a readable image (corrupt, truncated, wrong type).
+
     """
     source = str(path)
     try:
-        img = nib.load(source)
+        img: Any = nib.load(source)
         if 0 in img.shape:
             raise InputError(
                 f"Expected a non-empty 3D image, found a zero-length axis (shape {tuple(img.shape)}) "

@@ -49,6 +49,7 @@ def detect_format(path: Path) -> str:
     ------
     FormatError
         If neither the ending nor the content names a supported format.
+
     """
     if path.is_dir():
         return "dicom"

@@ -94,6 +94,7 @@ def write_image(image: Image, path: Path) -> Path:
     -------
     pathlib.Path
         The path written.
+
     """
     path = Path(path)
     name = path.name.lower()
@@ -132,6 +133,7 @@ def output_folder(outdir: Path, *, force: bool = False, inputs: Iterable[Path] =
     ------
     OutputError
         If ``outdir`` exists and ``force`` is false, or it overlaps an input.
+
     """
     outdir = Path(outdir)
     guard_inputs(outdir, inputs)
