@@ -9,8 +9,11 @@ Per label (:class:`LabelMetrics`): Dice, Jaccard, HD95 and ASSD in mm with the
 reference grid's true (anisotropic) voxel spacing, the volume of each in mL and
 the volume difference. Surfaces are the boundary voxels of a mask (the mask
 minus its erosion by the 6-neighbour cross), and surface distances are measured
-between voxel centres. A label missing from one of the two maps gets Dice 0 and
-no distances (``None``, with a ``reason``), never a made-up number.
+between voxel centres. The spacing is the length of each voxel axis (the
+affine's column norms); the distance transform treats the axes as orthogonal,
+which is exact for any rotation and approximate for sheared grids. A label
+missing from one of the two maps gets Dice 0 and no distances (``None``, with a
+``reason``), never a made-up number.
 
 Label mappings between protocols are TSV files (``source_id<TAB>target_id``,
 ``#`` comments); the shipped ones are listed by :func:`shipped_maps`, read by
@@ -49,6 +52,7 @@ __all__ = [
     "evaluate_labels",
     "grids_overlap",
     "load_map",
+    "render_text",
     "shipped_maps",
     "summarise",
     "surface_distances",
@@ -189,8 +193,13 @@ def surface_distances(
     [4.0, 2.0, 2.0, 4.0]
 
     """
+    if pred.shape != truth.shape:
+        raise InputError(f"Expected masks of the same shape, found {pred.shape} and {truth.shape}; resample first.")
     if not pred.any() or not truth.any():
-        raise InputError("Expected two non-empty masks, found an empty one; surface distances are undefined.")
+        raise InputError(
+            f"Expected two non-empty masks, found an empty {'pred' if not pred.any() else 'truth'} mask; "
+            "surface distances are undefined, so do not compute them."
+        )
     surf_p, surf_t = _surface(pred), _surface(truth)
     sampling = [float(s) for s in spacing]
     to_truth = ndimage.distance_transform_edt(np.logical_not(surf_t), sampling=sampling)
@@ -214,9 +223,7 @@ def _check_label_values(array: npt.NDArray[Any], source: str) -> int:
             "use 0 for background and positive ids for labels."
         )
     if high > MAX_LABEL:
-        raise InputError(
-            f"Expected label values up to {MAX_LABEL}, found {high} in {source}; relabel to smaller ids."
-        )
+        raise InputError(f"Expected label values up to {MAX_LABEL}, found {high} in {source}; relabel to smaller ids.")
     return high
 
 
@@ -263,15 +270,11 @@ def _requested_labels(labels: Iterable[int] | None, present: npt.NDArray[np.bool
         return [int(v) for v in np.flatnonzero(present) if v != 0]
     wanted = sorted({int(v) for v in labels})
     if wanted and wanted[0] < 1:
-        raise InputError(
-            f"Expected label ids >= 1, found {wanted[0]}; background (0) is not evaluated."
-        )
+        raise InputError(f"Expected label ids >= 1, found {wanted[0]}; background (0) is not evaluated.")
     return wanted
 
 
-def evaluate_labels(
-    pred: LabelImage, truth: LabelImage, *, labels: Iterable[int] | None = None
-) -> list[LabelMetrics]:
+def evaluate_labels(pred: LabelImage, truth: LabelImage, *, labels: Iterable[int] | None = None) -> list[LabelMetrics]:
     """Compare ``pred`` with ``truth`` label by label.
 
     ``pred`` is first put on ``truth``'s grid (:func:`align_prediction`). A loop
@@ -309,8 +312,9 @@ def evaluate_labels(
 
     """
     pred, _ = align_prediction(pred, truth)
-    p, t = pred.array, truth.array
-    top = max(_check_label_values(p, "the prediction"), _check_label_values(t, "the reference"))
+    top = max(_check_label_values(pred.array, "the prediction"), _check_label_values(truth.array, "the reference"))
+    # int32 holds every accepted value and is what bincount/find_objects take without surprises
+    p, t = pred.array.astype(np.int32, copy=False), truth.array.astype(np.int32, copy=False)
     n_pred = np.bincount(p.ravel(), minlength=top + 1)
     n_truth = np.bincount(t.ravel(), minlength=top + 1)
     n_inter = np.bincount(t[p == t], minlength=top + 1)
@@ -390,17 +394,17 @@ def grids_overlap(a: Image, b: Image) -> bool:
     """
     ea, eb = a.affine[:3, :3].T, b.affine[:3, :3].T  # rows: world direction of each voxel axis
     roll = [1, 2, 0], [2, 0, 1]
-    axes = np.vstack([
-        np.cross(ea[roll[0]], ea[roll[1]]),
-        np.cross(eb[roll[0]], eb[roll[1]]),
-        np.cross(np.repeat(ea, 3, axis=0), np.tile(eb, (3, 1))),
-    ])
+    axes = np.vstack(
+        [
+            np.cross(ea[roll[0]], ea[roll[1]]),
+            np.cross(eb[roll[0]], eb[roll[1]]),
+            np.cross(np.repeat(ea, 3, axis=0), np.tile(eb, (3, 1))),
+        ]
+    )
     norms = np.linalg.norm(axes, axis=1)
     axes = axes[norms > 1e-9] / norms[norms > 1e-9, None]
     pa, pb = _world_corners(a) @ axes.T, _world_corners(b) @ axes.T
-    separated = (pa.max(axis=0) <= pb.min(axis=0) + GRID_ATOL_MM) | (
-        pb.max(axis=0) <= pa.min(axis=0) + GRID_ATOL_MM
-    )
+    separated = (pa.max(axis=0) <= pb.min(axis=0) + GRID_ATOL_MM) | (pb.max(axis=0) <= pa.min(axis=0) + GRID_ATOL_MM)
     return not bool(separated.any())
 
 
@@ -563,9 +567,7 @@ def apply_map(labels: LabelImage, mapping: Mapping[int, int], *, name: str | Non
     lut = np.zeros(top + 1, dtype=np.int32)
     pairs = np.array(sorted(mapping.items()), dtype=np.int64).reshape(-1, 2)
     if pairs.size and (pairs.min() < 0 or pairs[:, 1].max() > MAX_LABEL):
-        raise InputError(
-            f"Expected mapping ids in 0-{MAX_LABEL}, found {pairs.min()}-{pairs.max()}; fix the mapping."
-        )
+        raise InputError(f"Expected mapping ids in 0-{MAX_LABEL}, found {pairs.min()}-{pairs.max()}; fix the mapping.")
     used = pairs[pairs[:, 0] <= top]
     lut[used[:, 0]] = used[:, 1]
     return labels.with_array(lut[labels.array], label_map=name or "custom")
@@ -589,8 +591,9 @@ def _name_table(map_arg: str | Path | None, truth: LabelImage) -> LabelTable | N
     return None
 
 
-def _result(args: argparse.Namespace, metrics: list[LabelMetrics], resampled: bool,
-            truth: LabelImage) -> dict[str, Any]:
+def _result(
+    args: argparse.Namespace, metrics: list[LabelMetrics], resampled: bool, truth: LabelImage
+) -> dict[str, Any]:
     """The JSON document of ``mriquant evaluate``."""
     table = _name_table(args.map, truth)
     rows = []
@@ -612,14 +615,18 @@ def _result(args: argparse.Namespace, metrics: list[LabelMetrics], resampled: bo
     }
 
 
+#: Width of the name column of the text table (the longest FreeSurfer name shipped is 29 characters).
+_NAME_WIDTH = 29
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
 def _text_row(row: dict[str, Any]) -> str:
-    name = (row["name"] or "")[:28]
+    name = (row["name"] or "")[:_NAME_WIDTH]
     return (
-        f"{row['label']:>6}  {name:<28} {_fmt(row['dice'], '7.4f')} {_fmt(row['jaccard'], '7.4f')} "
+        f"{row['label']:>6}  {name:<{_NAME_WIDTH}} {_fmt(row['dice'], '7.4f')} {_fmt(row['jaccard'], '7.4f')} "
         f"{_fmt(row['hd95_mm'], '8.2f')} {_fmt(row['assd_mm'], '8.2f')} "
         f"{_fmt(row['volume_pred_ml'], '10.3f')} {_fmt(row['volume_truth_ml'], '10.3f')} "
         f"{_fmt(row['volume_diff_percent'], '+9.1f')}  {row.get('reason') or ''}"
@@ -629,21 +636,22 @@ def _text_row(row: dict[str, Any]) -> str:
 def render_text(result: dict[str, Any]) -> str:
     """Render the result of ``mriquant evaluate`` as a fixed-width table with a mean line."""
     grid = result["grid"]
-    note = "PRED resampled onto it (world coordinates, nearest neighbour)" if result["resampled"] else (
-        "PRED already on it")
+    note = (
+        "PRED resampled onto it (world coordinates, nearest neighbour)" if result["resampled"] else "PRED already on it"
+    )
     lines = [
         f"pred:  {result['pred']}",
         f"truth: {result['truth']}" + (f" (mapped with {result['map']})" if result["map"] else ""),
         f"grid:  {'x'.join(map(str, grid['shape']))} voxels of "
         f"{' x '.join(f'{s:.3g}' for s in grid['spacing_mm'])} mm; {note}",
         "",
-        f"{'label':>6}  {'name':<28} {'dice':>7} {'jaccard':>7} {'hd95_mm':>8} {'assd_mm':>8} "
+        f"{'label':>6}  {'name':<{_NAME_WIDTH}} {'dice':>7} {'jaccard':>7} {'hd95_mm':>8} {'assd_mm':>8} "
         f"{'pred_ml':>10} {'truth_ml':>10} {'diff_%':>9}",
     ]
     lines += [_text_row(row) for row in result["labels"]]
     mean = result["mean"]
     lines.append(
-        f"{'mean':>6}  {'(' + str(mean['n_labels']) + ' labels)':<28} {_fmt(mean['dice'], '7.4f')} "
+        f"{'mean':>6}  {'(' + str(mean['n_labels']) + ' labels)':<{_NAME_WIDTH}} {_fmt(mean['dice'], '7.4f')} "
         f"{_fmt(mean['jaccard'], '7.4f')} {_fmt(mean['hd95_mm'], '8.2f')} {_fmt(mean['assd_mm'], '8.2f')} "
         f"{'':>10} {'':>10} {_fmt(mean['abs_volume_diff_percent'], '9.1f')}  (|diff| %; distances over "
         f"{mean['n_labels'] - mean['n_distances_undefined']} labels)"
@@ -676,8 +684,7 @@ def command(args: argparse.Namespace) -> int:
     if not metrics:
         wanted = "the requested labels" if args.labels else "any non-zero label"
         raise InputError(
-            f"Expected {wanted} in PRED or TRUTH, found none in {args.pred} and {args.truth}; "
-            "check --labels and --map."
+            f"Expected {wanted} in PRED or TRUTH, found none in {args.pred} and {args.truth}; check --labels and --map."
         )
     result = _result(args, metrics, resampled, truth)
     print(json.dumps(result, indent=2) if args.json else render_text(result))

@@ -10,21 +10,26 @@ stack
     (for classic files) EchoNumbers; it becomes one 3D or 4D volume.
 
 The rules for grouping, selection and geometry are documented in the docstring of
-:mod:`mriquant.io.dicom`; the constants below hold their tolerances.
+:mod:`mriquant.io.dicom`; the constants below hold their tolerances. The last section
+reads header values: report-header fields and the non-identifying JSON sidecar.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
 
+from mriquant import __version__
 from mriquant.core.errors import DicomError
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,7 @@ class SourceFile:
         Header, with large values (pixel data) read lazily.
     kind : str
         ``"classic"``, ``"enhanced"`` or ``"mosaic"``.
+
     """
 
     name: str
@@ -97,6 +103,7 @@ class Frame:
         SliceThickness (mm).
     spacing_between : float or None
         SpacingBetweenSlices (mm).
+
     """
 
     source: SourceFile
@@ -111,6 +118,7 @@ class Frame:
     thickness: float | None = None
     spacing_between: float | None = None
     sop_uid: str = ""
+    philips_float: bool = False
 
 
 @dataclass
@@ -131,6 +139,7 @@ class Layout:
         Vector (LPS, mm) from one slice to the next.
     warnings : list of str
         Geometry remarks that did not stop the read (gaps, slight unevenness).
+
     """
 
     volumes: list[list[Frame]]
@@ -160,6 +169,7 @@ class Stack:
         Checked geometry, None if the check failed.
     error : DicomError or None
         Why the geometry check failed.
+
     """
 
     frames: list[Frame]
@@ -252,10 +262,11 @@ def _split_content(frames: list[Frame]) -> list[list[Frame]]:
 
 
 def _series_order(stack: Stack) -> tuple[Any, ...]:
-    first = stack.first
+    """Listing order: SeriesNumber, UID, image size, orientation, ImageType, echo."""
+    first, frame = stack.first, stack.frames[0]
     number = first.number if first.number is not None else math.inf
-    orientation = stack.frames[0].orientation or ()
-    return (number, first.uid, first.dataset.get("Rows", 0), tuple(round(v, 3) for v in orientation))
+    orientation = tuple(round(v, 3) for v in frame.orientation or ())
+    return (number, first.uid, frame.rows, frame.columns, orientation, _content_key(frame))
 
 
 def group_stacks(frames: list[Frame], source: str) -> list[Stack]:
@@ -272,6 +283,7 @@ def group_stacks(frames: list[Frame], source: str) -> list[Stack]:
     -------
     list of Stack
         In listing order (SeriesNumber, then SeriesInstanceUID), ``index`` 1-based.
+
     """
     frames = sorted(frames, key=lambda f: (f.source.name, f.index))
     by_uid: dict[str, list[Frame]] = {}
@@ -326,7 +338,7 @@ def _directions(frame: Frame, source: str) -> tuple[Vector, Vector, Vector]:
             f"Expected perpendicular row and column directions, found ImageOrientationPatient "
             f"{list(frame.orientation)} in {_where(frame, source)}; fix the header or re-export."
         )
-    return row, col, normal / float(np.linalg.norm(normal))
+    return row, col, np.asarray(normal / float(np.linalg.norm(normal)), dtype=np.float64)
 
 
 def _locations(frames: list[Frame], normal: Vector) -> list[list[Frame]]:
@@ -334,7 +346,7 @@ def _locations(frames: list[Frame], normal: Vector) -> list[list[Frame]]:
     depth = {id(f): float(np.dot(f.position or (0.0, 0.0, 0.0), normal)) for f in frames}
     ordered = sorted(frames, key=lambda f: (depth[id(f)], f.volume_key, f.source.name, f.index))
     locations: list[list[Frame]] = [[ordered[0]]]
-    for prev, frame in zip(ordered, ordered[1:], strict=False):
+    for prev, frame in itertools.pairwise(ordered):
         if depth[id(frame)] - depth[id(prev)] > POSITION_TOL:
             locations.append([])
         locations[-1].append(frame)
@@ -361,6 +373,7 @@ def _spacing_warning(depths: Vector, frame: Frame, source: str) -> str | None:
     ------
     DicomError
         If a step deviates from the median step by more than :data:`SPACING_TOL_WARN`.
+
     """
     steps = np.diff(depths)
     median = float(np.median(steps))
@@ -374,7 +387,7 @@ def _spacing_warning(depths: Vector, frame: Frame, source: str) -> str | None:
             "the affine uses the mean step"
         )
     missing = int(np.sum(np.maximum(np.rint(steps / median) - 1, 0)))
-    hint = f" (about {missing} missing slices)" if missing else ""
+    hint = f" (about {missing} missing slice{'s' if missing > 1 else ''})" if missing else ""
     raise DicomError(
         f"Expected evenly spaced slices, found slice steps from {lo:.3f} to {hi:.3f} mm{hint} "
         f"in {_where(frame, source)}; re-export the complete series or pick another with --series."
@@ -425,6 +438,7 @@ def analyse_layout(frames: list[Frame], source: str) -> Layout:
     ------
     DicomError
         Missing geometry tags, unequal frame counts per position, or uneven spacing.
+
     """
     _require(frames, "orientation", "ImageOrientationPatient (0020,0037)", source)
     _require(frames, "position", "ImagePositionPatient (0020,0032)", source)
@@ -483,8 +497,7 @@ def _listing_text(stacks: list[Stack]) -> str:
 
 def _mixed_error(stacks: list[Stack], source: str) -> DicomError:
     """Error for a series whose frames mix orientations or image sizes."""
-    orientations = _geometry_groups([Frame(s.first, 0, 0, 0, None, s.frames[0].orientation, None)
-                                     for s in stacks])
+    orientations = _geometry_groups([Frame(s.first, 0, 0, 0, None, s.frames[0].orientation, None) for s in stacks])
     sizes = {(s.frames[0].rows, s.frames[0].columns) for s in stacks}
     if len(orientations) > 1:
         what = f"one slice orientation per series, found {len(orientations)} different orientations"
@@ -492,8 +505,7 @@ def _mixed_error(stacks: list[Stack], source: str) -> DicomError:
         what = f"one image size per series, found {len(sizes)} different image sizes"
     series = f"series {stacks[0].first.number} '{stacks[0].first.description}'"
     return DicomError(
-        f"Expected {what} in {source} ({series}); pass --series with the index of one of them: "
-        f"{_listing_text(stacks)}."
+        f"Expected {what} in {source} ({series}); pass --series with the index of one of them: {_listing_text(stacks)}."
     )
 
 
@@ -530,15 +542,15 @@ def choose_stack(stacks: list[Stack], wanted: str | None, source: str) -> Stack:
     ------
     DicomError
         For an unknown ``wanted`` value, or when no stack qualifies and several exist.
+
     """
-    if wanted is not None:
-        chosen = _best(_matching(stacks, wanted, source), source)
-    else:
-        chosen = _automatic(stacks, source)
+    named = None if wanted is None else _matching(stacks, wanted, source)
+    chosen = _automatic(stacks, source) if named is None else _best(named, source)
     for stack in stacks:
         if stack is not chosen:
-            log.info("%s: also found %s (not read%s)", source, stack.label(),
-                     f": {stack.problem}" if stack.problem else "")
+            log.info(
+                "%s: also found %s (not read%s)", source, stack.label(), f": {stack.problem}" if stack.problem else ""
+            )
     return chosen
 
 
@@ -556,3 +568,197 @@ def _automatic(stacks: list[Stack], source: str) -> Stack:
         f"Expected a series that forms a 3D volume in {source}, found {len(stacks)} stacks and none "
         f"qualifies ({reasons}); pass --series to read one anyway."
     )
+
+
+# ----------------------------------------------------------------------------- header values
+
+#: Header fields for a report header (identifying fields included, as plain str).
+HEADER_FIELDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientWeight",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "StudyID",
+    "AccessionNumber",
+    "SeriesDate",
+    "SeriesTime",
+    "SeriesDescription",
+    "SeriesNumber",
+    "ProtocolName",
+    "Modality",
+    "BodyPartExamined",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "MagneticFieldStrength",
+    "SoftwareVersions",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "SOPClassUID",
+)
+
+
+def as_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, empty, not a number)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def as_floats(value: Any, n: int) -> tuple[float, ...] | None:
+    """A multi-valued number with exactly ``n`` finite values, or None."""
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n and all(math.isfinite(v) for v in out) else None
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as an int (truncated), or None."""
+    number = as_float(value)
+    return int(number) if number is not None else None
+
+
+def first_item(ds: Dataset, keyword: str) -> Dataset | None:
+    """First item of sequence ``keyword`` in ``ds``, or None."""
+    seq = ds.get(keyword)
+    return seq[0] if seq else None
+
+
+def private_value(ds: Dataset | None, group: int, offset: int, creator: str) -> Any:
+    """Value of a private element, or None when absent."""
+    if ds is None:
+        return None
+    try:
+        return ds.get_private_item(group, offset, creator).value
+    except KeyError:
+        return None
+
+
+def nested_value(groups: Iterable[Dataset | None], sequence: str, keyword: str) -> Any:
+    """``keyword`` of the first item of ``sequence`` in the first group that has it."""
+    for group in groups:
+        item = first_item(group, sequence) if group is not None else None
+        if item is not None and keyword in item:
+            return item.get(keyword)
+    return None
+
+
+def find_value(ds: Dataset, keyword: str) -> Any:
+    """``keyword`` at top level, else in any functional-group macro (shared, then first frame)."""
+    if keyword in ds:
+        return ds.get(keyword)
+    for group_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        group = first_item(ds, group_keyword)
+        for elem in group or ():
+            if elem.VR == "SQ" and elem.value and keyword in elem.value[0]:
+                return elem.value[0].get(keyword)
+    return None
+
+
+def header_fields(ds: Dataset) -> dict[str, str]:
+    """Report-header fields present in ``ds`` (identifying ones included), as plain str."""
+    out: dict[str, str] = {}
+    for keyword in HEADER_FIELDS:
+        value = find_value(ds, keyword)
+        if value is not None and str(value).strip():
+            out[keyword] = str(value).strip()
+    return out
+
+
+def _seconds(value: Any) -> float | None:
+    number = as_float(value[0] if _is_multi(value) else value)
+    return number / 1000.0 if number is not None else None
+
+
+def _is_multi(value: Any) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, str | bytes) and len(value) > 0
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = "\\".join(str(v) for v in value) if _is_multi(value) else str(value)
+    return text.strip() or None
+
+
+def _lookup(ds: Dataset, *keywords: str) -> Any:
+    for keyword in keywords:
+        value = find_value(ds, keyword)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+#: Sidecar key -> (DICOM keywords tried in order, converter). Nothing identifying.
+_SIDECAR: dict[str, tuple[tuple[str, ...], Any]] = {
+    "Modality": (("Modality",), _text),
+    "Manufacturer": (("Manufacturer",), _text),
+    "ManufacturersModelName": (("ManufacturerModelName",), _text),
+    "MagneticFieldStrength": (("MagneticFieldStrength",), as_float),
+    "ImagingFrequency": (("ImagingFrequency",), as_float),
+    "SoftwareVersions": (("SoftwareVersions",), _text),
+    "BodyPartExamined": (("BodyPartExamined",), _text),
+    "PatientPosition": (("PatientPosition",), _text),
+    "SeriesDescription": (("SeriesDescription",), _text),
+    "ProtocolName": (("ProtocolName",), _text),
+    "SeriesNumber": (("SeriesNumber",), as_int),
+    "AcquisitionNumber": (("AcquisitionNumber",), as_int),
+    "MRAcquisitionType": (("MRAcquisitionType",), _text),
+    "ScanningSequence": (("ScanningSequence",), _text),
+    "SequenceVariant": (("SequenceVariant",), _text),
+    "ScanOptions": (("ScanOptions",), _text),
+    "SequenceName": (("SequenceName", "PulseSequenceName"), _text),
+    "SliceThickness": (("SliceThickness",), as_float),
+    "SpacingBetweenSlices": (("SpacingBetweenSlices",), as_float),
+    "RepetitionTime": (("RepetitionTime",), _seconds),
+    "EchoTime": (("EchoTime", "EffectiveEchoTime"), _seconds),
+    "InversionTime": (("InversionTime", "InversionTimes"), _seconds),
+    "FlipAngle": (("FlipAngle",), as_float),
+    "EchoTrainLength": (("EchoTrainLength",), as_int),
+    "PixelBandwidth": (("PixelBandwidth",), as_float),
+    "PercentPhaseFOV": (("PercentPhaseFieldOfView",), as_float),
+    "InPlanePhaseEncodingDirectionDICOM": (("InPlanePhaseEncodingDirection",), _text),
+}
+
+
+def _philips_inversion_time(ds: Dataset) -> float | None:
+    """Philips classic images keep TI as the prepulse delay (2001,101B, ms) of an INV prepulse."""
+    creator = "Philips Imaging DD 001"
+    if str(private_value(ds, 0x2001, 0x1C, creator) or "").strip().upper() != "INV":
+        return None
+    delay = as_float(private_value(ds, 0x2001, 0x1B, creator))
+    return delay / 1000.0 if delay else None
+
+
+def sidecar(ds: Dataset, frame: Frame) -> dict[str, Any]:
+    """BIDS-like, non-identifying acquisition parameters (times in seconds, like dcm2niix)."""
+    out: dict[str, Any] = {}
+    for key, (keywords, convert) in _SIDECAR.items():
+        value = _lookup(ds, *keywords)
+        converted = convert(value) if value is not None else None
+        if converted is not None:
+            out[key] = converted
+    image_type = _lookup(ds, "ImageType", "FrameType")
+    if image_type is not None:
+        out["ImageType"] = [str(v) for v in image_type] if _is_multi(image_type) else [str(image_type)]
+    if "InversionTime" not in out:
+        inversion = _philips_inversion_time(ds)
+        out.update({"InversionTime": inversion} if inversion is not None else {})
+    if frame.orientation is not None:
+        out["ImageOrientationPatientDICOM"] = list(frame.orientation)
+    if frame.philips_float:
+        out["UsePhilipsFloatNotDisplayScaling"] = 1
+    out["ConversionSoftware"] = "mriquant"
+    out["ConversionSoftwareVersion"] = __version__
+    return out

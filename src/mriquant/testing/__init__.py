@@ -1,0 +1,24 @@
+"""Test helpers: a synthetic head phantom with known truth, sampled on any grid.
+
+Used by the test suite and the benchmarks; see :mod:`mriquant.testing.phantom`.
+"""
+
+from mriquant.testing.phantom import (
+    MEANS,
+    Compartment,
+    Phantom,
+    PhantomError,
+    PhantomSpec,
+    make_phantom,
+    write_phantom,
+)
+
+__all__ = [
+    "MEANS",
+    "Compartment",
+    "Phantom",
+    "PhantomError",
+    "PhantomSpec",
+    "make_phantom",
+    "write_phantom",
+]
