@@ -130,7 +130,7 @@ def test_run_output_over_input_is_refused(scan: Path, capsys: pytest.CaptureFixt
     assert scan.read_bytes() == before
 
 
-@pytest.mark.parametrize("sub", ["preprocess", "segment"])
+@pytest.mark.parametrize("sub", ["segment"])
 def test_unlanded_subcommands_say_so(sub: str, scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([sub, str(scan), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
     assert "not available" in capsys.readouterr().err

@@ -67,8 +67,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="N4, skull stripping, MNI152 registration, normalisation")
     _add_input_options(p)
     _add_output_options(p)
-    p.add_argument("--steps", nargs="+", metavar="STEP", help="steps to run (default: all)")
-    p.set_defaults(handler=_not_yet("preprocess", "the preprocessing issue (#3)"))
+    p.add_argument(
+        "--steps", nargs="+", metavar="STEP", default=None,
+        help="steps to run, from denoise, n4, skullstrip, register, normalize (default: n4 skullstrip register)",
+    )
+    p.add_argument("--registration", choices=["rigid", "affine", "syn"], default="affine",
+                   help="registration to MNI152 2009 (default: affine; syn is deformable)")
+    p.add_argument("--normalize", choices=["wm-peak", "zscore", "nyul"], default="wm-peak",
+                   help="intensity normalisation used by the normalize step (default: wm-peak)")
+    p.add_argument("--save-field", action="store_true", help="also write the N4 bias field (bias_field.nii.gz)")
+    p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
+    p.set_defaults(handler=_cmd_preprocess)
 
     p = sub.add_parser("segment", help="segment tissues and/or structures with one method")
     _add_input_options(p)
@@ -235,6 +244,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"so {args.output} holds only manifest.json.",
         file=sys.stderr,
     )
+    return 0
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from mriquant import manifest
+    from mriquant.core.case import Case
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.pipeline import DEFAULT_STEPS, PreprocessConfig, preprocess, write_preprocess_outputs
+
+    config = PreprocessConfig(
+        steps=tuple(args.steps or DEFAULT_STEPS), registration=args.registration, normalize=args.normalize,
+        save_bias_field=args.save_field, skullstripped=args.skullstripped,
+    )
+    started, t0 = _now(), time.perf_counter()
+    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
+        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
+        task = bar.add_task("preprocessing: " + ", ".join(config.steps), total=None)
+        case = preprocess(case, config)
+        bar.remove_task(task)
+        outputs = write_preprocess_outputs(case, staging) + ["manifest.json"]
+        data = manifest.build(
+            command="preprocess", argv=args.argv, parameters=config.as_dict(), inputs=[args.input],
+            outputs=outputs, steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
+            extra={"input_geometry": _geometry(case.image)},
+        )
+        write_json(data, staging / "manifest.json")
     return 0
 
 

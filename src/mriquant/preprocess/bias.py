@@ -203,8 +203,25 @@ def foreground_mask(image: Image) -> LabelImage:
     threshold = _log_otsu_threshold(image.array, source)
     mask = _largest_component(image.array > threshold)
     mask = ndimage.binary_closing(mask, iterations=1, border_value=0) | mask
-    mask = ndimage.binary_fill_holes(mask)
-    return LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "role": "foreground_mask"})
+    meta = {**image.meta, "role": "foreground_mask"}
+    return LabelImage(_fill_holes(mask).astype(np.uint8), image.affine.copy(), meta)
+
+
+def _fill_holes(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Fill holes in 3D and then slice by slice along each axis.
+
+    A head cut by the field of view (neck, top of the skull) leaves its dark cavities (skull,
+    sinuses, airways) open to the volume's border in 3D; within most slices they are enclosed.
+    """
+    filled = ndimage.binary_fill_holes(mask)
+    for axis in range(3):
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        structure[1, 1, 1] = True
+        index: list[Any] = [slice(None)] * 3
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        filled = ndimage.binary_fill_holes(filled, structure=structure)
+    return np.asarray(filled)
 
 
 def _fit_mask(image: Image, mask: LabelImage | None) -> npt.NDArray[np.bool_]:

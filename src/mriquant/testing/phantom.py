@@ -422,10 +422,10 @@ LAYOUT = _Layout()
 
 #: Left-hemisphere deep structures: compartment, centre relative to the brain centre, axes, bend (mm).
 _DEEP: tuple[tuple[Compartment, Vec3, Vec3, float], ...] = (
-    (Compartment.THALAMUS, (-10.0, -16.0, -8.0), (7.0, 15.0, 8.0), 0.0),
-    (Compartment.CAUDATE, (-15.0, 14.0, 2.0), (4.5, 13.0, 7.0), 0.0),
-    (Compartment.PUTAMEN, (-25.0, 4.0, -10.0), (5.0, 15.0, 10.0), 0.0),
-    (Compartment.VENTRICLE, (-7.0, 0.0, 4.0), (4.5, 30.0, 9.0), 8.0),
+    (Compartment.THALAMUS, (-10.0, -16.0, -10.0), (8.0, 16.0, 9.0), 0.0),
+    (Compartment.CAUDATE, (-15.0, 14.0, 2.0), (5.0, 15.0, 8.0), 0.0),
+    (Compartment.PUTAMEN, (-27.0, 4.0, -10.0), (6.0, 16.0, 11.0), 0.0),
+    (Compartment.VENTRICLE, (-7.0, 0.0, 7.0), (5.0, 32.0, 8.0), 8.0),
 )
 
 
@@ -560,7 +560,7 @@ def _paint_brain(canvas: _Canvas, p: Points, envelope: Floats, wobble: Floats, a
     pial = _pial_sdf(p, envelope, wobble, anatomy, width)
     canvas.paint(Compartment.CORTEX, pial)
     canvas.paint(Compartment.WM, pial + np.float32(LAYOUT.cortex_mm))
-    near = np.flatnonzero(_in_box(p, *_deep_box(anatomy, width)))
+    near = np.flatnonzero(_in_box(p, *_deep_box(anatomy, 2 * width)))
     sub = canvas.take(near)
     for comp, shape in anatomy.deep:
         sub.paint(comp, shape.sdf(p[:, near]))

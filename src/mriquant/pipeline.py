@@ -1,0 +1,111 @@
+"""Compose the processing steps from a config dataclass and write their outputs.
+
+Each step is a ``Case -> Case`` function from :mod:`mriquant.preprocess`; this module
+only decides the order, passes the options and writes the files of the public
+contract into an output folder.
+
+Order matters: N4 runs before skull stripping (the network sees a flatter image and
+the rough N4 mask only needs the head), registration runs on the corrected brain,
+and normalisation runs last so it is computed inside the final brain mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mriquant.core.case import Case
+from mriquant.core.errors import InputError
+from mriquant.io import write_image
+
+#: Preprocessing steps in the order they run.
+PREPROCESS_STEPS = ("denoise", "n4", "skullstrip", "register", "normalize")
+DEFAULT_STEPS = ("n4", "skullstrip", "register")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Options of ``mriquant preprocess`` (and of the preprocessing part of ``run``).
+
+    Attributes
+    ----------
+    steps : tuple of str
+        Steps to run, a subset of :data:`PREPROCESS_STEPS`; run in that tuple's order.
+    registration : str
+        ``"rigid"``, ``"affine"`` or ``"syn"`` (deformable).
+    normalize : str
+        ``"wm-peak"``, ``"zscore"`` or ``"nyul"`` (used when ``"normalize"`` is a step).
+    save_bias_field : bool
+        Also write ``bias_field.nii.gz``.
+    skullstripped : bool
+        The input is already skull-stripped: the brain mask is its non-zero region.
+    """
+
+    steps: tuple[str, ...] = DEFAULT_STEPS
+    registration: str = "affine"
+    normalize: str = "wm-peak"
+    save_bias_field: bool = False
+    skullstripped: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in PREPROCESS_STEPS]
+        if unknown:
+            raise InputError(
+                f"Expected steps from {', '.join(PREPROCESS_STEPS)}, found {', '.join(unknown)}; fix --steps."
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the options as a JSON-serialisable dictionary."""
+        return asdict(self)
+
+
+def _ordered(steps: tuple[str, ...]) -> list[str]:
+    return [s for s in PREPROCESS_STEPS if s in steps]
+
+
+def preprocess(case: Case, config: PreprocessConfig) -> Case:
+    """Run the configured preprocessing steps on ``case``.
+
+    Returns
+    -------
+    Case
+        With ``images["preproc"]`` (bias-corrected, native grid), ``labels["brain_mask"]``
+        and ``transforms["to_mni"]`` as the steps provide them.
+    """
+    from mriquant.preprocess import bias, denoise, normalize, register, skullstrip
+
+    for name in _ordered(config.steps):
+        if name == "denoise":
+            case = denoise.denoise_step(case)
+        elif name == "n4":
+            case = bias.n4_step(case, save_field=config.save_bias_field)
+        elif name == "skullstrip":
+            case = skullstrip.skullstrip_step(case, assume_stripped=config.skullstripped)
+        elif name == "register":
+            case = register.register_step(case, kind=config.registration)
+        elif name == "normalize":
+            case = normalize.normalize_step(case, method=config.normalize)
+    return case
+
+
+def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
+    """Write the preprocessing outputs of ``case`` into ``folder``; return the file names.
+
+    Files: ``preproc.nii.gz`` (bias-corrected, or the input when N4 did not run),
+    ``brain_mask.nii.gz``, ``to_mni.*``, and ``bias_field.nii.gz`` / ``normalized.nii.gz``
+    when those steps produced them. All images lie on the input's native grid.
+    """
+    written = []
+    write_image(case.images.get("preproc", case.image), folder / "preproc.nii.gz")
+    written.append("preproc.nii.gz")
+    extras = {"brain_mask": case.labels.get("brain_mask"), "bias_field": case.images.get("bias_field"),
+              "normalized": case.images.get("normalized")}
+    for name, image in extras.items():
+        if image is not None:
+            write_image(image, folder / f"{name}.nii.gz")
+            written.append(f"{name}.nii.gz")
+    transform = case.transforms.get("to_mni")
+    if transform is not None:
+        written += [p.name for p in transform.save(folder, stem="to_mni")]
+    return written
