@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -15,7 +14,15 @@ from scipy import ndimage
 from mriquant.core.geometry import reorient
 from mriquant.core.image import Image, LabelImage
 from mriquant.io import read_image, read_labels
-from mriquant.testing import MEANS, Phantom, PhantomError, PhantomSpec, make_phantom
+from mriquant.testing import (
+    MEANS,
+    ORIENTATION_CODES,
+    Phantom,
+    PhantomError,
+    PhantomSpec,
+    make_phantom,
+    write_phantom,
+)
 
 #: Small, fast phantoms for option sweeps (4 mm voxels).
 FAST = PhantomSpec(spacing=(4.0, 4.0, 4.0))
@@ -24,15 +31,6 @@ LEFT_IDS = (2, 3, 4, 10, 11, 12)
 RIGHT_IDS = (41, 42, 43, 49, 50, 51)
 #: FreeSurfer id -> tissue class it belongs to.
 STRUCTURE_TISSUE = {24: 1, 4: 1, 43: 1, 3: 2, 42: 2, 10: 2, 49: 2, 11: 2, 50: 2, 12: 2, 51: 2, 2: 3, 41: 3}
-
-
-def all_orientations() -> list[str]:
-    """The 48 three-letter orientation codes."""
-    codes = []
-    for perm in itertools.permutations(range(3)):
-        for signs in itertools.product((0, 1), repeat=3):
-            codes.append("".join(("RL", "AP", "SI")[axis][sign] for axis, sign in zip(perm, signs)))
-    return codes
 
 
 def world_x(image: Image) -> np.ndarray:
@@ -209,7 +207,7 @@ def test_dtype_is_honoured(dtype: str) -> None:
     assert np.all(err[reference < limit] <= 0.5 + 1e-3)
 
 
-@pytest.mark.parametrize("code", all_orientations())
+@pytest.mark.parametrize("code", ORIENTATION_CODES)
 def test_orientation_is_honoured(code: str) -> None:
     ph = make_phantom(FAST, orientation=code)
     for image in (ph.image, ph.tissue, ph.structures, ph.brain_mask):
@@ -286,8 +284,6 @@ def test_write_phantom_round_trips(phantom: Phantom, phantom_files: dict[str, Pa
 
 
 def test_write_phantom_keeps_integer_dtype(tmp_path: Path) -> None:
-    from mriquant.testing import write_phantom
-
     ph = make_phantom(FAST, dtype="int16")
     paths = write_phantom(ph, tmp_path, prefix="sub-01_")
     assert paths["image"].name == "sub-01_image.nii.gz"

@@ -53,7 +53,9 @@ def read_sitk(path: Path, fmt: str) -> RawVolume:
         )
     dim = img.GetDimension()
     # SimpleITK arrays are indexed (z, y, x) or (t, z, y, x); mriquant uses (i, j, k[, t]).
-    array = np.asarray(sitk.GetArrayViewFromImage(img), dtype=np.float32).transpose(*range(dim)[::-1])
+    # GetArrayFromImage copies: a view would dangle once `img` is freed (thin volumes whose
+    # transpose is already contiguous are never copied later).
+    array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False).transpose(*range(dim)[::-1])
     spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
     if dim == 2:
         affine = np.diag([-spacing[0], -spacing[1], 1.0, 1.0])

@@ -5,6 +5,7 @@ Used by the test suite and the benchmarks; see :mod:`mriquant.testing.phantom`.
 
 from mriquant.testing.phantom import (
     MEANS,
+    ORIENTATION_CODES,
     Compartment,
     Phantom,
     PhantomError,
@@ -15,6 +16,7 @@ from mriquant.testing.phantom import (
 
 __all__ = [
     "MEANS",
+    "ORIENTATION_CODES",
     "Compartment",
     "Phantom",
     "PhantomError",

@@ -50,7 +50,9 @@ __all__ = [
     "TISSUE_PARAMETERS",
     "Sequence",
     "SimulatedScan",
+    "bias_field",
     "class_signals",
+    "sequence_signal",
     "simulate",
 ]
 
@@ -136,19 +138,27 @@ class SimulatedScan:
     brain_mask: LabelImage
 
 
+def sequence_signal(parameters: npt.NDArray[np.float64], sequence: Sequence) -> npt.NDArray[np.float64]:
+    """Steady-state signal of tissues ``parameters`` (N, 4: PD, T1 ms, T2 ms, T2* ms) for ``sequence``.
+
+    Spoiled gradient echo: ``PD sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE / T2*)``; spin echo:
+    ``PD (1 - E1) exp(-TE / T2)``, with ``E1 = exp(-TR / T1)``. Returns shape (N,).
+    """
+    pd, t1, t2, t2s = np.asarray(parameters, dtype=np.float64).T
+    e1 = np.exp(-sequence.tr_ms / t1)
+    if sequence.kind == "spgr":
+        a = np.deg2rad(sequence.flip_deg)
+        signal = pd * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1) * np.exp(-sequence.te_ms / t2s)
+    else:
+        signal = pd * (1.0 - e1) * np.exp(-sequence.te_ms / t2)
+    return np.asarray(signal, dtype=np.float64)
+
+
 def class_signals(contrast: Contrast | str) -> npt.NDArray[np.float64]:
     """Return the noiseless signal of every crisp class for ``contrast``, shape (12,)."""
     if contrast not in SEQUENCES:
         raise InputError(f"Expected contrast 'T1', 'T2' or 'PD', found {contrast!r}; pick one of those.")
-    seq = SEQUENCES[contrast]
-    pd, t1, t2, t2s = TISSUE_PARAMETERS.T
-    e1 = np.exp(-seq.tr_ms / t1)
-    if seq.kind == "spgr":
-        a = np.deg2rad(seq.flip_deg)
-        signal = pd * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1) * np.exp(-seq.te_ms / t2s)
-    else:
-        signal = pd * (1.0 - e1) * np.exp(-seq.te_ms / t2)
-    return np.asarray(signal, dtype=np.float64)
+    return sequence_signal(TISSUE_PARAMETERS, SEQUENCES[contrast])
 
 
 @dataclass(frozen=True)

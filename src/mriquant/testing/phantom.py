@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -54,6 +55,16 @@ DTYPE_SCALE: dict[str, float] = {"float32": 1000.0, "int16": 1000.0, "uint16": 1
 
 #: Letters of each world axis, positive direction first (RAS+).
 _AXIS_LETTERS = ("RL", "AP", "SI")
+
+#: All 48 three-letter orientation codes (6 axis orders x 8 sign patterns), "RAS" first.
+ORIENTATION_CODES: tuple[str, ...] = tuple(
+    "".join(_AXIS_LETTERS[axis][sign] for axis, sign in zip(perm, signs, strict=True))
+    for perm in itertools.permutations(range(3))
+    for signs in itertools.product((0, 1), repeat=3)
+)
+
+#: Independent random streams drawn from one seed.
+_STREAM_ANATOMY, _STREAM_BIAS, _STREAM_NOISE = 0, 1, 2
 
 #: Points painted at a time: small enough for the temporaries to stay in cache.
 _CHUNK_POINTS = 1 << 16
@@ -94,10 +105,18 @@ _LEFT_LUT = np.array([0, 0, 0, 0, 0, 24, 3, 2, 10, 11, 12, 4], dtype=np.int16)
 _RIGHT_LUT = np.array([0, 0, 0, 0, 0, 24, 42, 41, 49, 50, 51, 43], dtype=np.int16)
 
 
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    """The generator of one independent stream of ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+
+
 def _vec3(value: Any, name: str) -> Vec3:
-    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+    try:
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+    except (TypeError, ValueError):
+        arr = np.full(3, np.nan)
     if not np.all(np.isfinite(arr)):
-        raise PhantomError(f"Expected three finite numbers for {name}, found {value!r}.")
+        raise PhantomError(f"Expected three finite numbers (or one) for {name}, found {value!r}.")
     return float(arr[0]), float(arr[1]), float(arr[2])
 
 
@@ -255,9 +274,7 @@ class Phantom:
         return {name: float(counts[i]) * vox for i, name in ((1, "CSF"), (2, "GM"), (3, "WM"))}
 
 
-# ---------------------------------------------------------------------------
-# Smooth seeded fields (points are (3, N) arrays: rows x, y, z in RAS+ mm)
-# ---------------------------------------------------------------------------
+# --- Smooth seeded fields (points are (3, N) arrays: rows x, y, z in RAS+ mm) ---
 
 
 @dataclass(frozen=True)
@@ -344,9 +361,7 @@ class _BiasField:
         return np.asarray(1.0 + amplitude * np.clip(f, -1.0, 1.0), np.float32)
 
 
-# ---------------------------------------------------------------------------
-# Anatomy: signed distances in world mm, negative inside
-# ---------------------------------------------------------------------------
+# --- Anatomy: signed distances in world mm, negative inside ---
 
 
 def _sum_squares(v: Floats) -> Floats:
@@ -454,7 +469,7 @@ class _Anatomy:
 
     @classmethod
     def from_seed(cls, seed: int) -> _Anatomy:
-        shape_rng, bias_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+        shape_rng, bias_rng = _rng(seed, _STREAM_ANATOMY), _rng(seed, _STREAM_BIAS)
         axes = (np.asarray(LAYOUT.brain_axes) * shape_rng.uniform(0.97, 1.03, 3)).astype(np.float32)
         head = axes + np.float32(LAYOUT.outer_mm)
         return cls(
@@ -506,9 +521,7 @@ def _pial_sdf(p: Points, envelope: Floats, wobble: Floats, anatomy: _Anatomy, wi
     return np.asarray(np.maximum(envelope, -np.minimum(sulcal, fissure)), np.float32)
 
 
-# ---------------------------------------------------------------------------
-# Painting: crisp labels at voxel centres, partial-volume signal
-# ---------------------------------------------------------------------------
+# --- Painting: crisp labels at voxel centres, partial-volume signal ---
 
 
 class _Canvas:
@@ -600,9 +613,7 @@ def _pv_width(spec: PhantomSpec) -> float:
     return float(np.prod(spec.spacing) ** (1.0 / 3.0))
 
 
-# ---------------------------------------------------------------------------
-# Grid and orientation
-# ---------------------------------------------------------------------------
+# --- Grid and orientation ---
 
 
 def _rotation_matrix(degrees: Vec3) -> npt.NDArray[np.float64]:
@@ -704,9 +715,7 @@ def _to_storage(world: npt.NDArray[Any], perm: tuple[int, int, int], flips: list
     return np.ascontiguousarray(np.flip(stored, axis=flips) if flips else stored)
 
 
-# ---------------------------------------------------------------------------
-# Sampling
-# ---------------------------------------------------------------------------
+# --- Sampling ---
 
 
 @dataclass
@@ -739,7 +748,7 @@ def _add_noise(signal: Floats, spec: PhantomSpec, brightest: float) -> Floats:
     """Add Rician or Gaussian noise of sd ``spec.noise * brightest`` to the whole grid."""
     if spec.noise == 0:
         return signal
-    rng = np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(3)[2])
+    rng = _rng(spec.seed, _STREAM_NOISE)
     sigma = np.float32(spec.noise * brightest)
     real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
     if spec.noise_kind == "gaussian":

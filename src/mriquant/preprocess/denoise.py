@@ -1,0 +1,225 @@
+"""Non-local means denoising.
+
+Two back ends, measured on the 2 mm and 1 mm T1 phantoms (3 % Rician noise, see the numbers in
+:func:`nlm`): scikit-image's ``denoise_nl_means`` (default: faster and closer to the noise-free
+image) and ANTs' adaptive NLM ``ants.denoise_image`` (Manjón et al. 2010). The noise level for
+scikit-image is estimated by :func:`estimate_noise_sigma`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from mriquant.core.case import Case
+from mriquant.core.errors import GeometryError, InputError
+from mriquant.core.image import Image, LabelImage
+
+__all__ = ["NlmOptions", "denoise_step", "estimate_noise_sigma", "nlm"]
+
+Method = Literal["skimage", "ants"]
+#: Fraction of the mask's flattest voxels the noise is estimated on.
+FLAT_FRACTION = 0.10
+#: Median absolute deviation of a unit normal variable.
+_MAD_NORMAL = 0.6744897501960817
+
+
+@dataclass(frozen=True)
+class NlmOptions:
+    """Options of :func:`nlm`.
+
+    Attributes
+    ----------
+    method : {"skimage", "ants"}
+        Back end.
+    patch_size : int
+        Patch edge in voxels (scikit-image ``patch_size``; ANTs patch radius is ``patch_size // 2``).
+    search_distance : int
+        Search radius in voxels (scikit-image ``patch_distance``, ANTs ``r``).
+    h_factor : float
+        scikit-image filter strength ``h`` as a multiple of the estimated noise sd.
+    sigma : float, optional
+        Noise sd in intensity units; estimated with :func:`estimate_noise_sigma` when None.
+
+    """
+
+    method: Method = "skimage"
+    patch_size: int = 3
+    search_distance: int = 2
+    h_factor: float = 0.8
+    sigma: float | None = None
+
+
+def _haar_detail(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The finest 3D Haar detail (high-pass along all three axes), unit gain for white noise."""
+    a = array
+    d = a[:-1, :-1, :-1] - a[1:, :-1, :-1] - a[:-1, 1:, :-1] - a[:-1, :-1, 1:]
+    d += a[1:, 1:, :-1] + a[1:, :-1, 1:] + a[:-1, 1:, 1:] - a[1:, 1:, 1:]
+    return np.asarray(d / np.float32(np.sqrt(8.0)), dtype=np.float32)
+
+
+def estimate_noise_sigma(image: Image, mask: LabelImage | None = None) -> float:
+    """Estimate the noise standard deviation of ``image`` (intensity units).
+
+    The median absolute value of the finest 3D Haar detail (which cancels constant, linear
+    and bilinear signal) is taken over the flattest 10 % of the mask's voxels, ranked by the
+    gradient magnitude after Gaussian smoothing (1 voxel); edges are thereby left out. On the
+    phantom this recovers the true sd within 5 % at 1-3 mm and 1-6 % noise, where the plain
+    median over the whole brain overestimates it by 10-140 %.
+
+    Parameters
+    ----------
+    image : Image
+        Intensity image.
+    mask : LabelImage, optional
+        Region to estimate in (default: the foreground mask).
+
+    Returns
+    -------
+    float
+        Estimated noise sd; 0.0 for a noise-free image.
+
+    """
+    from mriquant.preprocess.bias import foreground_mask
+
+    region = (mask.array if mask is not None else foreground_mask(image).array)[:-1, :-1, :-1] > 0
+    array = image.array.astype(np.float32, copy=False)
+    with np.errstate(all="raise", under="ignore"):
+        detail = np.abs(_haar_detail(array))[region]
+        gradient = ndimage.gaussian_gradient_magnitude(array, 1.0)[:-1, :-1, :-1][region]
+        if detail.size == 0:
+            raise InputError("Expected a non-empty mask to estimate noise in, found none; pass a mask with voxels.")
+        flat = gradient <= np.quantile(gradient, FLAT_FRACTION)
+        return float(np.median(detail[flat]) / _MAD_NORMAL)
+
+
+def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, slice, slice]:
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
+    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2]))
+
+
+def _skimage_nlm(array: npt.NDArray[np.float32], options: NlmOptions, sigma: float) -> npt.NDArray[np.float32]:
+    from skimage.restoration import denoise_nl_means
+
+    out = denoise_nl_means(
+        array,
+        patch_size=options.patch_size,
+        patch_distance=options.search_distance,
+        h=options.h_factor * sigma,
+        sigma=sigma,
+        fast_mode=True,
+        preserve_range=True,
+    )
+    return np.asarray(out, dtype=np.float32)
+
+
+def _ants_nlm(crop: Image, region: npt.NDArray[np.bool_], options: NlmOptions) -> npt.NDArray[np.float32]:
+    import ants
+
+    from mriquant.preprocess.bias import to_ants
+
+    out = ants.denoise_image(
+        to_ants(crop),
+        to_ants(crop.with_array(region.astype(np.float32))),
+        p=max(1, options.patch_size // 2),
+        r=options.search_distance,
+        noise_model="Rician",
+    )
+    return np.asarray(out.numpy(), dtype=np.float32)
+
+
+def _region(image: Image, mask: LabelImage | None) -> npt.NDArray[np.bool_]:
+    if mask is None:
+        return np.ones(image.shape, dtype=bool)
+    if not mask.same_grid(image):
+        raise GeometryError(
+            f"Expected the denoising mask on the image's grid {image.shape}, found shape {mask.shape} with "
+            "another affine; resample the mask with mriquant.core.geometry.resample_like first."
+        )
+    region = mask.array > 0
+    if not region.any():
+        raise InputError("Expected a denoising mask with voxels > 0, found an empty mask; pass the brain or head mask.")
+    return np.asarray(region)
+
+
+def nlm(image: Image, *, mask: LabelImage | None = None, options: NlmOptions | None = None) -> Image:
+    """Denoise ``image`` with non-local means.
+
+    Parameters
+    ----------
+    image : Image
+        Intensity image, shape ``(I, J, K)``.
+    mask : LabelImage, optional
+        Only voxels > 0 are denoised (and the work is cropped to their bounding box); the rest
+        keep their values. Default: the whole image.
+    options : NlmOptions, optional
+        Back end and parameters; defaults to scikit-image, 3^3 patches, search radius 2,
+        ``h = 0.8 sigma``.
+
+    Returns
+    -------
+    Image
+        Float32 image on ``image``'s grid.
+
+    Notes
+    -----
+    Measured on the T1 phantom (3 % Rician noise, 1 mm, 180 x 216 x 200, 2 busy cores): WM SNR
+    (mean / sd) 26.7 -> 174 with scikit-image in 9.6 s (RMSE to the noise-free image in the
+    brain 29.9 -> 16.6) versus 26.7 -> 69 with ANTs (p=1, r=1) in 11.9 s (RMSE 18.6).
+
+    Examples
+    --------
+    >>> smooth = nlm(read_image("t1.nii.gz"), mask=brain)  # doctest: +SKIP
+
+    """
+    options = options or NlmOptions()
+    region = _region(image, mask)
+    box = _bounding_box(region, options.patch_size + options.search_distance)
+    array = image.array.astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = [b.start for b in box]
+    crop = Image(np.ascontiguousarray(array[box]), image.affine @ shift)
+    crop_region = region[box]
+    sigma = options.sigma
+    if options.method == "ants":
+        denoised = _ants_nlm(crop, crop_region, options)
+    else:
+        if sigma is None:
+            sigma = estimate_noise_sigma(crop, LabelImage(crop_region.astype(np.uint8), crop.affine))
+        denoised = _skimage_nlm(crop.array, options, sigma) if sigma > 0 else crop.array
+    out = array.copy()
+    out[box] = np.where(crop_region, denoised, crop.array)
+    return image.with_array(out, noise_sigma=sigma)
+
+
+def denoise_step(case: Case, *, mask_key: str | None = None, options: NlmOptions | None = None) -> Case:
+    """Case step: denoise ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
+
+    Parameters
+    ----------
+    case : Case
+        Not modified; a shallow copy is returned.
+    mask_key : str, optional
+        Denoise only inside ``case.labels[mask_key]`` when present.
+    options : NlmOptions, optional
+        See :func:`nlm`.
+
+    Returns
+    -------
+    Case
+        With ``images["preproc"]`` replaced and a ``"denoise"`` step recorded.
+
+    """
+    out = case.evolve()
+    options = options or NlmOptions()
+    mask = out.labels.get(mask_key) if mask_key is not None else None
+    params: dict[str, Any] = asdict(options) | {"mask": mask_key if mask is not None else None}
+    with out.step("denoise", params):
+        out.images["preproc"] = nlm(out.images.get("preproc", out.image), mask=mask, options=options)
+    return out
