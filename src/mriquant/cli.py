@@ -44,7 +44,21 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _add_method_flags(p: argparse.ArgumentParser, argv: Sequence[str], *, default: str | None) -> None:
+    """Add the flags of the method named by ``--method`` in ``argv`` (only that method is imported)."""
+    from mriquant.cli_options import add_method_options, method_from_argv
+
+    name = method_from_argv(argv, default)
+    if name is None or p.prog.split()[-1] not in argv:
+        return
+    from mriquant.segment.base import registry
+
+    cls = registry().get(name)
+    if cls is not None:
+        add_method_options(p, name, cls.options_type)
+
+
+def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mriquant",
         description="MRI segmentation and quantification: raw scan in, measurements out.",
@@ -68,13 +82,24 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_options(p)
     _add_output_options(p)
     p.add_argument(
-        "--steps", nargs="+", metavar="STEP", default=None,
+        "--steps",
+        nargs="+",
+        metavar="STEP",
+        default=None,
         help="steps to run, from denoise, n4, skullstrip, register, normalize (default: n4 skullstrip register)",
     )
-    p.add_argument("--registration", choices=["rigid", "affine", "syn"], default="affine",
-                   help="registration to MNI152 2009 (default: affine; syn is deformable)")
-    p.add_argument("--normalize", choices=["wm-peak", "zscore", "nyul"], default="wm-peak",
-                   help="intensity normalisation used by the normalize step (default: wm-peak)")
+    p.add_argument(
+        "--registration",
+        choices=["rigid", "affine", "syn"],
+        default="affine",
+        help="registration to MNI152 2009 (default: affine; syn is deformable)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=["wm-peak", "zscore", "nyul"],
+        default="wm-peak",
+        help="intensity normalisation used by the normalize step (default: wm-peak)",
+    )
     p.add_argument("--save-field", action="store_true", help="also write the N4 bias field (bias_field.nii.gz)")
     p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
     p.set_defaults(handler=_cmd_preprocess)
@@ -82,9 +107,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment tissues and/or structures with one method")
     _add_input_options(p)
     _add_output_options(p)
-    p.add_argument("--method", default=None, help="segmentation method (see `mriquant info`)")
+    p.add_argument("--method", required=True, help="segmentation method (see `mriquant info`)")
     p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
-    p.set_defaults(handler=_not_yet("segment", "the classical (#4) and deep (#5) segmentation issues"))
+    p.set_defaults(handler=_cmd_segment)
+    _add_method_flags(p, argv, default=None)
 
     p = sub.add_parser("run", help="the full pipeline: preprocess, segment, quantify, report")
     _add_input_options(p)
@@ -143,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = _build_parser()
+    parser = _build_parser(args_list)
     try:
         args = parser.parse_args(args_list)
     except SystemExit as exc:
@@ -254,8 +280,11 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     from mriquant.pipeline import DEFAULT_STEPS, PreprocessConfig, preprocess, write_preprocess_outputs
 
     config = PreprocessConfig(
-        steps=tuple(args.steps or DEFAULT_STEPS), registration=args.registration, normalize=args.normalize,
-        save_bias_field=args.save_field, skullstripped=args.skullstripped,
+        steps=tuple(args.steps or DEFAULT_STEPS),
+        registration=args.registration,
+        normalize=args.normalize,
+        save_bias_field=args.save_field,
+        skullstripped=args.skullstripped,
     )
     started, t0 = _now(), time.perf_counter()
     with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
@@ -263,10 +292,52 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         task = bar.add_task("preprocessing: " + ", ".join(config.steps), total=None)
         case = preprocess(case, config)
         bar.remove_task(task)
-        outputs = write_preprocess_outputs(case, staging) + ["manifest.json"]
+        outputs = [*write_preprocess_outputs(case, staging), "manifest.json"]
         data = manifest.build(
-            command="preprocess", argv=args.argv, parameters=config.as_dict(), inputs=[args.input],
-            outputs=outputs, steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
+            command="preprocess",
+            argv=args.argv,
+            parameters=config.as_dict(),
+            inputs=[args.input],
+            outputs=outputs,
+            steps=case.provenance,
+            started=started,
+            seconds=time.perf_counter() - t0,
+            extra={"input_geometry": _geometry(case.image)},
+        )
+        write_json(data, staging / "manifest.json")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from mriquant import manifest
+    from mriquant.cli_options import options_from_args
+    from mriquant.core.case import Case
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.pipeline import prepare_for_segmentation, write_segment_outputs
+    from mriquant.segment import get_segmenter, segment_step
+
+    cls = get_segmenter(args.method)
+    segmenter = cls(options_from_args(args, cls.options_type))
+    started, t0 = _now(), time.perf_counter()
+    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
+        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
+        task = bar.add_task("preprocessing", total=None)
+        case = prepare_for_segmentation(
+            case, skullstripped=args.skullstripped, needs_registration=cls.needs_registration
+        )
+        bar.update(task, description=f"segmenting ({args.method})")
+        case = segment_step(case, segmenter)
+        bar.remove_task(task)
+        outputs = [*write_segment_outputs(case, staging), "manifest.json"]
+        data = manifest.build(
+            command="segment",
+            argv=args.argv,
+            parameters={"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()},
+            inputs=[args.input],
+            outputs=outputs,
+            steps=case.provenance,
+            started=started,
+            seconds=time.perf_counter() - t0,
             extra={"input_geometry": _geometry(case.image)},
         )
         write_json(data, staging / "manifest.json")

@@ -9,11 +9,51 @@ from mriquant.core.labels import tables
 from mriquant.io.registry import FORMAT_NAMES
 from mriquant.manifest import versions
 
-#: Segmentation methods available in this version: name -> (kind, description, reference).
-METHODS: dict[str, tuple[str, str, str]] = {}
 
-#: Bundled models: name -> description.
-MODELS: dict[str, str] = {}
+def _methods() -> list[dict[str, Any]]:
+    """Every registered segmentation method with its one-line description, reference and options."""
+    import dataclasses
+
+    from mriquant.segment.base import registry
+
+    rows = []
+    for name, cls in sorted(registry().items()):
+        opts = cls.options_type
+        fields = dataclasses.fields(opts) if dataclasses.is_dataclass(opts) else ()
+        rows.append(
+            {
+                "name": name,
+                "kind": cls.kind,
+                "description": cls.description,
+                "reference": cls.reference,
+                "options": {
+                    f.name: {"default": _jsonable(f.default), "help": f.metadata.get("help", "")} for f in fields
+                },
+            }
+        )
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if value is dataclasses.MISSING:
+        return None
+    return value if isinstance(value, str | int | float | bool | type(None) | list | tuple) else str(value)
+
+
+def _models() -> list[dict[str, Any]]:
+    """Bundled model weights from the models' manifest (empty when none ship)."""
+    from mriquant.models import WeightsError, read_manifest
+
+    try:
+        models = read_manifest().get("models", {})
+    except WeightsError:
+        return []
+    return [
+        {"name": name, **{k: v for k, v in entry.items() if k in ("description", "version", "file", "sha256", "size")}}
+        for name, entry in sorted(models.items())
+    ]
 
 
 def describe() -> dict[str, Any]:
@@ -22,8 +62,8 @@ def describe() -> dict[str, Any]:
         "version": __version__,
         "formats": dict(FORMAT_NAMES),
         "write_formats": {"nifti": "NIfTI-1 (.nii, .nii.gz), native grid, exact affine"},
-        "methods": [{"name": n, "kind": k, "description": d, "reference": r} for n, (k, d, r) in METHODS.items()],
-        "models": [{"name": n, "description": d} for n, d in MODELS.items()],
+        "methods": _methods(),
+        "models": _models(),
         "label_tables": {name: t.as_dict() for name, t in tables().items()},
         "label_maps": _label_maps(),
         "versions": versions(),
@@ -44,7 +84,8 @@ def render_text(info: dict[str, Any]) -> str:
     lines += [f"  {m['name']:15s} {m['kind']:10s} {m['description']} [{m['reference']}]" for m in info["methods"]]
     if not info["methods"]:
         lines.append("  (none in this version yet)")
-    lines += ["", "Models:"] + ([f"  {m['name']}: {m['description']}" for m in info["models"]] or ["  (none)"])
+    models = [f"  {m.get('name')}: {m.get('description', '')}" for m in info["models"]]
+    lines += ["", "Models:", *(models or ["  (none)"])]
     lines += ["", "Label tables:"]
     for name, rows in info["label_tables"].items():
         lines.append(

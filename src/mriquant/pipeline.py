@@ -40,6 +40,7 @@ class PreprocessConfig:
         Also write ``bias_field.nii.gz``.
     skullstripped : bool
         The input is already skull-stripped: the brain mask is its non-zero region.
+
     """
 
     steps: tuple[str, ...] = DEFAULT_STEPS
@@ -72,6 +73,7 @@ def preprocess(case: Case, config: PreprocessConfig) -> Case:
     Case
         With ``images["preproc"]`` (bias-corrected, native grid), ``labels["brain_mask"]``
         and ``transforms["to_mni"]`` as the steps provide them.
+
     """
     from mriquant.preprocess import bias, denoise, normalize, register, skullstrip
 
@@ -99,8 +101,11 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
     written = []
     write_image(case.images.get("preproc", case.image), folder / "preproc.nii.gz")
     written.append("preproc.nii.gz")
-    extras = {"brain_mask": case.labels.get("brain_mask"), "bias_field": case.images.get("bias_field"),
-              "normalized": case.images.get("normalized")}
+    extras = {
+        "brain_mask": case.labels.get("brain_mask"),
+        "bias_field": case.images.get("bias_field"),
+        "normalized": case.images.get("normalized"),
+    }
     for name, image in extras.items():
         if image is not None:
             write_image(image, folder / f"{name}.nii.gz")
@@ -108,4 +113,32 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
     transform = case.transforms.get("to_mni")
     if transform is not None:
         written += [p.name for p in transform.save(folder, stem="to_mni")]
+    return written
+
+
+def prepare_for_segmentation(case: Case, *, skullstripped: bool, needs_registration: bool) -> Case:
+    """Preprocess ``case`` as a segmenter needs it.
+
+    Without ``skullstripped``: N4, skull stripping, and registration to MNI152 when the
+    method uses it. With ``skullstripped``: the brain mask is the input's non-zero region
+    and N4 runs inside it.
+    """
+    steps: tuple[str, ...] = ("n4", "skullstrip") + (("register",) if needs_registration else ())
+    return preprocess(case, PreprocessConfig(steps=steps, skullstripped=skullstripped))
+
+
+def write_segment_outputs(case: Case, folder: Path) -> list[str]:
+    """Write ``tissue.nii.gz`` / ``dseg.nii.gz``, ``brain_mask.nii.gz`` and ``prob_*.nii.gz``.
+
+    Returns the file names written; every image is on the input's native grid.
+    """
+    written = []
+    for key in ("tissue", "dseg", "brain_mask"):
+        if key in case.labels:
+            write_image(case.labels[key], folder / f"{key}.nii.gz")
+            written.append(f"{key}.nii.gz")
+    for key, image in case.images.items():
+        if key.startswith(("prob_", "pve_")) or key in ("bias_field",):
+            write_image(image, folder / f"{key}.nii.gz")
+            written.append(f"{key}.nii.gz")
     return written

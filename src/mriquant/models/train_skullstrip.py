@@ -227,7 +227,7 @@ def _train_step(net: UNet3D, opt: torch.optim.Optimizer, gen: SynthGenerator, bf
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def train(args: argparse.Namespace) -> State:
@@ -235,7 +235,7 @@ def train(args: argparse.Namespace) -> State:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    synth_cfg = SynthConfig(shape=(88, 104, 88))
+    synth_cfg = SynthConfig(shape=(72, 88, 72))
     config = UNetConfig(base=args.base, levels=args.levels, spacing_mm=synth_cfg.spacing)
     paths = [args.data / "synthseg-label-maps" / n for n in TRAIN_SYNTHSEG]
     paths += [args.data / "brainweb-crisp" / n for n in TRAIN_BRAINWEB]

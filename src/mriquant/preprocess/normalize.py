@@ -445,7 +445,8 @@ def learn_nyul_from_folder(
         )
     images = [read_image(folder / f"{i}{image_suffix}") for i in ids]
     masks = [read_labels(folder / f"{i}{mask_suffix}") for i in ids]
-    source = f"{len(ids)} scans ID{image_suffix} with masks ID{mask_suffix} from {folder.name}/: {', '.join(ids)}"
+    where = f"{folder.parent.name}/{folder.name}"
+    source = f"{len(ids)} scans ID{image_suffix} with brain masks ID{mask_suffix} from {where}/: {', '.join(ids)}"
     regenerate = (
         "from mriquant.preprocess.normalize import learn_nyul_from_folder; "
         f"learn_nyul_from_folder(FOLDER, image_suffix={image_suffix!r}, mask_suffix={mask_suffix!r}, "
