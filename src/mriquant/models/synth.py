@@ -190,6 +190,8 @@ class SynthConfig:
     rotation_deg, scale, translation_mm, deform_mm : float
         Largest rotation about each axis, relative scaling (1 +- scale), translation of the grid centre
         from the brain centre, and SD of the smooth displacement field in mm.
+    brainweb_fraction : float
+        Share of samples drawn from maps with MR physics (BrainWeb) when both kinds are present.
     p_merge, p_physics, p_stripped, p_thick, p_neck_cut, p_fov_cut : float
         Probabilities of merged label intensities, an MR-physics contrast (BrainWeb maps only), a
         skull-stripped input, thick slices, a cut below the brain (no neck) and a cut on another side.
@@ -205,8 +207,9 @@ class SynthConfig:
     scale: float = 0.12
     translation_mm: float = 20.0
     deform_mm: float = 2.5
+    brainweb_fraction: float = 0.4
     p_merge: float = 0.3
-    p_physics: float = 0.5
+    p_physics: float = 0.7
     p_stripped: float = 0.08
     p_thick: float = 0.3
     p_neck_cut: float = 0.5
@@ -267,7 +270,7 @@ class SynthGenerator:
 
     def sample(self, map_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one pair: image (1, X, Y, Z) in [0, 1] and soft brain target (1, X, Y, Z) in [0, 1]."""
-        k = int(self.rng.integers(len(self.maps))) if map_index is None else map_index
+        k = self._pick_map() if map_index is None else map_index
         labels = self._sample_labels(k)
         stripped = bool(self.rng.random() < self.config.p_stripped)
         fine, brain = self._intensities(k, labels, stripped)
@@ -278,6 +281,12 @@ class SynthGenerator:
         image = self._corrupt(image, stripped)
         image, target = self._cut_fov(image, target)
         return normalise_intensity(image), target
+
+    def _pick_map(self) -> int:
+        physics = [i for i, m in enumerate(self.maps) if m.physics is not None]
+        others = [i for i, m in enumerate(self.maps) if m.physics is None]
+        pool = physics if (self.rng.random() < self.config.brainweb_fraction and physics) or not others else others
+        return int(pool[int(self.rng.integers(len(pool)))])
 
     def _sample_labels(self, k: int) -> torch.Tensor:
         """Sample map ``k`` (nearest) on the fine grid after a random affine and smooth deformation."""

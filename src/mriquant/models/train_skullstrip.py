@@ -68,9 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--base", type=int, default=16)
     p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--patch", type=int, nargs=3, default=(56, 64, 56), help="training patch (voxels at 2 mm)")
+    p.add_argument("--translation", type=float, default=35.0, help="largest patch offset from the brain centre (mm)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
-    p.add_argument("--validate-minutes", type=float, default=6.0)
+    p.add_argument("--validate-minutes", type=float, default=8.0)
     p.add_argument("--export-minutes", type=float, default=15.0)
     p.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
     return p.parse_args(argv)
@@ -235,7 +237,7 @@ def train(args: argparse.Namespace) -> State:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    synth_cfg = SynthConfig(shape=(72, 88, 72))
+    synth_cfg = SynthConfig(shape=tuple(args.patch), translation_mm=args.translation)
     config = UNetConfig(base=args.base, levels=args.levels, spacing_mm=synth_cfg.spacing)
     paths = [args.data / "synthseg-label-maps" / n for n in TRAIN_SYNTHSEG]
     paths += [args.data / "brainweb-crisp" / n for n in TRAIN_BRAINWEB]

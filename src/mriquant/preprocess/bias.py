@@ -181,7 +181,8 @@ def foreground_mask(image: Image) -> LabelImage:
     zeros is ignored and a dark, noisy background separates well from tissue even when a
     strong bias field or a dim neck spreads the tissue intensities (the log compresses them).
     The largest connected component is kept (dropping noise specks and ghosts), closed by one
-    voxel and filled slice-independently in 3D, so dark ventricles and sinuses stay inside.
+    voxel, and its holes are filled in 3D and then within slices along each axis, so dark
+    ventricles, skull and sinuses stay inside even where the field of view cuts the head (neck).
 
     Parameters
     ----------
@@ -247,33 +248,61 @@ def _fit_mask(image: Image, mask: LabelImage | None) -> npt.NDArray[np.bool_]:
 # --------------------------------------------------------------------------- N4
 
 
+def _shrink(image: Image, fit: npt.NDArray[np.bool_], factor: int) -> tuple[Image, npt.NDArray[np.bool_], int]:
+    """Subsample ``image`` and ``fit`` every ``factor`` voxels, starting at ``(factor - 1) // 2``.
+
+    Subsampling, as ANTs' own shrink does, keeps the tissue peaks of the histogram that N4
+    sharpens; block means would blur them (on the 3 mm phantom the field's correlation with
+    the truth fell from 0.95 to 0.83). Voxels outside the fit get the smallest fitted value, so
+    ANTs' log stays finite. Returns the small image, its fit mask and the start offset.
+    """
+    start = (factor - 1) // 2
+    step = (slice(start, None, factor),) * 3
+    small_fit = np.ascontiguousarray(fit[step])
+    floor = float(image.array[fit].min())
+    small = np.where(small_fit, image.array[step], floor).astype(np.float32)
+    to_small = np.diag([float(factor)] * 3 + [1.0])
+    to_small[:3, 3] = start
+    return Image(small, image.affine @ to_small), small_fit, start
+
+
 def _ants_n4_field(image: Image, fit: npt.NDArray[np.bool_], options: N4Options) -> npt.NDArray[np.float32]:
-    """Run ANTs N4 on ``image`` (non-positive voxels clipped) and return its raw field array."""
+    """Run ANTs N4 on the subsampled image and return the field on the native grid.
+
+    ANTs' own shrink evaluates the final B-spline at every native voxel and holds ~20 full-size
+    copies in memory doing so; the field (smooth over tens of mm) is interpolated linearly in
+    the log domain here instead, from the subsampled grid (error < 1e-3).
+    """
     import ants
 
-    floor = float(image.array[fit].min())
-    # ANTs takes the log of every voxel; voxels <= 0 are outside the fit, so clipping them is harmless
-    clipped = image.with_array(np.maximum(image.array, floor).astype(np.float32, copy=False))
-    ants_mask = to_ants(image.with_array(fit.astype(np.float32)))
+    small, small_fit, start = _shrink(image, fit, options.shrink)
     field = ants.n4_bias_field_correction(
-        to_ants(clipped),
-        mask=ants_mask,
-        shrink_factor=options.shrink,
+        to_ants(small),
+        mask=to_ants(small.with_array(small_fit.astype(np.float32))),
+        shrink_factor=1,
         convergence={"iters": list(options.iterations), "tol": options.convergence},
-        spline_param=options.spline_distance_mm,
+        spline_param=round(options.spline_distance_mm),
         return_bias_field=True,
+    ).numpy()
+    if float(field.min()) <= 0.0 or not np.all(np.isfinite(field)):
+        raise InputError(
+            "Expected a positive, finite N4 bias field, found non-positive or NaN values; "
+            "check the mask covers tissue and the image has no NaN, or lower the shrink factor."
+        )
+    log_field = ndimage.affine_transform(
+        np.log(field).astype(np.float32),
+        np.eye(3) / options.shrink,  # native index i -> small index (i - start) / shrink
+        offset=-start / options.shrink,
+        output_shape=image.shape,
+        order=1,
+        mode="nearest",
     )
-    return np.asarray(field.numpy(), dtype=np.float32)
+    return np.exp(log_field).astype(np.float32)
 
 
 def _normalised_field(field: npt.NDArray[np.float32], fit: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
     """Scale ``field`` to geometric mean 1 inside ``fit`` (so correction keeps the intensity scale)."""
     with np.errstate(all="raise", under="ignore"):
-        if not np.all(np.isfinite(field)) or float(field.min()) <= 0.0:
-            raise InputError(
-                "Expected a positive, finite N4 bias field, found non-positive or NaN values; "
-                "check the mask covers tissue and the image has no NaN, or lower the shrink factor."
-            )
         log_mean = float(np.log(field[fit].astype(np.float64)).mean())
         return (field / np.float32(np.exp(log_mean))).astype(np.float32)
 
@@ -298,14 +327,14 @@ def n4(
         Voxels (> 0) the field is fitted on, on ``image``'s grid. Default: :func:`foreground_mask`.
         The field is evaluated and divided out everywhere, inside the mask or not.
     shrink : int
-        Down-sampling factor of the fit (ANTs ``-s``); 4 on a 1 mm scan fits at 4 mm.
+        Down-sampling factor of the fit; 4 on a 1 mm scan fits at 4 mm (see Notes).
     iterations : tuple of int
         Maximum iterations per fitting level; the B-spline mesh doubles at each level.
     convergence : float
         Convergence threshold on the change of the field between iterations (ANTs ``-c``).
     spline_distance_mm : float
-        B-spline control-point spacing of the first level in mm (ANTs ``-b [distance]``); rounded
-        to whole millimetres by ANTsPy.
+        B-spline control-point spacing of the first level in mm (ANTs ``-b [distance]``), rounded
+        to whole millimetres (ANTsPy passes an integer).
     return_field : bool
         Also return the multiplicative field.
 
@@ -323,9 +352,15 @@ def n4(
 
     Notes
     -----
-    Zero and negative intensities: they are left out of the fit and clipped to the smallest
-    fitted intensity before ANTs takes the log; the field is then divided out of the *original*
-    values, so zeros stay zero and negative values keep their sign.
+    Zero and negative intensities: they are left out of the fit (and get the smallest fitted
+    intensity) before ANTs takes the log; the field is then
+    divided out of the *original* values, so zeros stay zero and negative values keep their sign.
+
+    Shrinking: the image is subsampled every ``shrink`` voxels, as ANTs' own shrink does, and
+    ANTs runs on that image (``shrink_factor=1``); its field is interpolated back to the native
+    grid linearly in the log domain. Compared with ANTs' internal shrink (which evaluates the
+    B-spline at every native voxel) this halves the peak memory (1 mm head: ~890 -> ~430 MB
+    with ~260 MB of it imports) for the same field (see ``bench/n4.py``).
 
     Examples
     --------
@@ -344,7 +379,7 @@ def n4(
     return N4Result(image.with_array(corrected), field_image)
 
 
-def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = None, **options: Any) -> Case:
+def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = "brain_mask", **options: Any) -> Case:
     """Case step: N4-correct ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
 
     Parameters
@@ -354,7 +389,8 @@ def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = None
     save_field : bool
         Also store the field as ``case.images["bias_field"]``.
     mask_key : str, optional
-        Fit inside ``case.labels[mask_key]`` when that label exists; else a foreground mask.
+        Fit inside ``case.labels[mask_key]`` when that label exists (e.g. N4 after skull
+        stripping, or a skull-stripped input); else, or when None, in a foreground mask.
     **options
         Keyword options of :func:`n4` (``shrink``, ``iterations``, ``convergence``,
         ``spline_distance_mm``).
@@ -368,7 +404,13 @@ def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = None
     out = case.evolve()
     source = out.images.get("preproc", out.image)
     mask = out.labels.get(mask_key) if mask_key is not None else None
-    recorded = asdict(N4Options(**options)) | {"mask": mask_key if mask is not None else "foreground"}
+    try:
+        recorded = asdict(N4Options(**options)) | {"mask": mask_key if mask is not None else "foreground"}
+    except TypeError as exc:
+        raise InputError(
+            f"Expected N4 options among shrink, iterations, convergence, spline_distance_mm, found {sorted(options)}; "
+            "fix the option names."
+        ) from exc
     with out.step("n4", recorded):
         result = n4(source, mask=mask, return_field=save_field, **options)
         out.images["preproc"] = result.corrected

@@ -468,7 +468,10 @@ def normalize_step(
     target: float = 110.0,
     landmarks: NyulLandmarks | None = None,
 ) -> Case:
-    """Case step: normalise ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
+    """Case step: normalise ``case.images["preproc"]`` (or the input scan) into ``"normalized"``.
+
+    ``"preproc"`` stays the bias-corrected image in its own intensity units (the public
+    ``preproc.nii.gz``); the normalised copy is written as ``normalized.nii.gz`` by the pipeline.
 
     Parameters
     ----------
@@ -486,7 +489,7 @@ def normalize_step(
     Returns
     -------
     Case
-        With ``images["preproc"]`` replaced and a ``"normalize"`` step recorded.
+        With ``images["normalized"]`` set and a ``"normalize"`` step recorded.
 
     """
     from mriquant.preprocess.bias import foreground_mask
@@ -498,13 +501,13 @@ def normalize_step(
     with out.step("normalize", params):
         mask = mask if mask is not None else foreground_mask(source)
         if method == "wm-peak":
-            out.images["preproc"] = wm_peak(source, mask, target=target)
-            params |= {"target": target, "wm_mode": out.images["preproc"].meta["wm_mode"]}
+            out.images["normalized"] = wm_peak(source, mask, target=target)
+            params |= {"target": target, "wm_mode": out.images["normalized"].meta["wm_mode"]}
         elif method == "zscore":
-            out.images["preproc"] = zscore(source, mask)
+            out.images["normalized"] = zscore(source, mask)
         elif method == "nyul":
             chosen = landmarks or shipped_landmarks("t1")
-            out.images["preproc"] = nyul(source, mask, chosen)
+            out.images["normalized"] = nyul(source, mask, chosen)
             params |= {"landmarks": chosen.as_dict()}
         else:
             raise InputError(f"Expected method 'wm-peak', 'zscore' or 'nyul', found {method!r}; pick one of them.")

@@ -34,10 +34,17 @@ __all__ = ["CUBIC_FACTOR", "GridRecord", "to_native", "to_native_labels", "to_wo
 ImageT = TypeVar("ImageT", bound=Image)
 Shape = tuple[int, int, int]
 Matrix = tuple[tuple[float, ...], ...]
+#: Resampling along one axis: (spline order 0/1/3, window width in source voxels; > 1 = window mean).
+Kernel = tuple[int, float]
 #: Axes whose spacing shrinks by more than this factor are interpolated with a cubic spline.
 CUBIC_FACTOR = 1.5
 #: Grids whose affines agree within this (mm) are the same grid.
 GRID_ATOL = 1e-4
+
+
+def _shape(values: Any) -> Shape:
+    i, j, k = (int(v) for v in values)
+    return i, j, k
 
 
 def _matrix(affine: npt.ArrayLike) -> Matrix:
@@ -105,9 +112,9 @@ class GridRecord:
         """Build a record from :meth:`as_dict` output."""
         try:
             return cls(
-                tuple(data["native_shape"]),  # type: ignore[arg-type]
+                _shape(data["native_shape"]),
                 _matrix(data["native_affine"]),
-                tuple(data["working_shape"]),  # type: ignore[arg-type]
+                _shape(data["working_shape"]),
                 _matrix(data["working_affine"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -205,9 +212,7 @@ def _taps(coords: npt.NDArray[np.float64], n: int, order: int) -> list[tuple[npt
     return [(np.clip(base + k, 0, n - 1).astype(np.intp), _cubic_bspline(x - base - k)) for k in (-1, 0, 1, 2)]
 
 
-def _resample_axis(
-    array: npt.NDArray[Any], axis: int, coords: npt.NDArray[np.float64], order: int
-) -> npt.NDArray[Any]:
+def _resample_axis(array: npt.NDArray[Any], axis: int, coords: npt.NDArray[np.float64], order: int) -> npt.NDArray[Any]:
     """Sample ``array`` along ``axis`` at fractional indices ``coords`` with spline ``order`` (0, 1 or 3).
 
     The cubic spline's coefficients are computed along ``axis`` only; its output is clipped to
@@ -228,20 +233,45 @@ def _resample_axis(
     return out
 
 
+def _box_axis(array: npt.NDArray[Any], axis: int, coords: npt.NDArray[np.float64], width: float) -> Any:
+    """Mean of the voxel-wise constant signal over ``[c - width/2, c + width/2]`` along ``axis``.
+
+    Exact for a piecewise-constant signal: the running integral (cumulative sum, one value per
+    voxel edge) is interpolated linearly at both ends of each window. Parts of a window outside
+    the array do not count.
+    """
+    n = array.shape[axis]
+    pad = [(0, 0)] * 3
+    pad[axis] = (1, 0)
+    integral = np.pad(np.cumsum(array, axis=axis, dtype=np.float32), pad)  # value at edge e: e - 0.5
+    lo = np.clip(coords - width / 2.0 + 0.5, 0.0, float(n))
+    hi = np.clip(coords + width / 2.0 + 0.5, 0.0, float(n))
+    shape = [1, 1, 1]
+    shape[axis] = coords.size
+    span = np.maximum(hi - lo, 1e-6).astype(np.float32).reshape(shape)
+    return (_resample_axis(integral, axis, hi, 1) - _resample_axis(integral, axis, lo, 1)) / span
+
+
 def _resample_separable(
     array: npt.NDArray[Any],
     scale: npt.NDArray[np.float64],
     offset: npt.NDArray[np.float64],
     shape: Shape,
-    orders: tuple[int, int, int],
+    kernels: tuple[Kernel, Kernel, Kernel],
 ) -> npt.NDArray[Any]:
-    """Resample axis by axis; axes that map onto themselves exactly are left alone."""
+    """Resample axis by axis; axes that map onto themselves exactly are left alone.
+
+    ``kernels[axis]`` is ``(order, width)``: spline order 0, 1 or 3, or when ``width > 1`` the
+    mean over a window of ``width`` source voxels.
+    """
     out = array
-    for axis in range(3):
+    for axis, (order, width) in enumerate(kernels):
         coords = scale[axis] * np.arange(shape[axis]) + offset[axis]
         same = shape[axis] == out.shape[axis] and np.allclose(coords, np.arange(shape[axis]), atol=1e-6)
-        if not same:
-            out = _resample_axis(out, axis, coords, orders[axis])
+        if width > 1.0 + 1e-6:
+            out = _box_axis(out, axis, coords, width)
+        elif not same:
+            out = _resample_axis(out, axis, coords, order)
     return out
 
 
@@ -288,20 +318,26 @@ def to_working_grid(image: ImageT, *, spacing: float = 1.0) -> tuple[ImageT, Gri
     ras = reorient(image, "RAS")
     scale, offset = _axis_map(ras.affine, affine)
     is_label = isinstance(image, LabelImage)
-    orders = tuple(0 if is_label else (3 if s < 1 / CUBIC_FACTOR else 1) for s in scale)
+    orders = [0 if is_label else (3 if s < 1 / CUBIC_FACTOR else 1) for s in scale]
     data = ras.array if is_label else ras.array.astype(np.float32, copy=False)
-    out = _resample_separable(data, scale, offset, shape, (orders[0], orders[1], orders[2]))
+    out = _resample_separable(data, scale, offset, shape, ((orders[0], 0.0), (orders[1], 0.0), (orders[2], 0.0)))
     return type(image)(np.ascontiguousarray(out), affine, dict(image.meta)), record
 
 
-def _to_native_array(image: Image, record: GridRecord, order: int) -> npt.NDArray[Any]:
-    """Array of ``image`` (on the working grid) resampled onto the native grid with spline ``order``."""
+def _to_native_array(image: Image, record: GridRecord, *, order: int, box: bool = False) -> npt.NDArray[Any]:
+    """Array of ``image`` (on the working grid) resampled onto the native grid.
+
+    With ``box``, axes along which a native voxel spans more than one working voxel take the
+    mean over the native voxel's extent instead of a point sample.
+    """
     _check_on_grid(image, *record.working, "working")
     native_shape, native_affine = record.native
     back = reorient(image, orientation_of(native_affine))
     scale, offset = _axis_map(back.affine, native_affine)
+    widths = scale if box else np.zeros(3)  # a native voxel spans ``scale`` working voxels
     data = back.array if order == 0 else back.array.astype(np.float32, copy=False)
-    return _resample_separable(data, scale, offset, native_shape, (order, order, order))
+    kernels = ((order, float(widths[0])), (order, float(widths[1])), (order, float(widths[2])))
+    return _resample_separable(data, scale, offset, native_shape, kernels)
 
 
 def to_native(image: ImageT, record: GridRecord) -> ImageT:
@@ -323,32 +359,57 @@ def to_native(image: ImageT, record: GridRecord) -> ImageT:
 
     """
     order = 0 if isinstance(image, LabelImage) else 1
-    out = _to_native_array(image, record, order)
+    out = _to_native_array(image, record, order=order)
     return type(image)(np.ascontiguousarray(out), record.native[1], dict(image.meta))
 
 
-def _native_footprint(record: GridRecord) -> npt.NDArray[np.float64]:
-    """Size of a native voxel along each working axis, in working voxels."""
-    _, ras_affine = _reoriented(*record.native, "RAS")
-    working_spacing = np.sqrt((record.working[1][:3, :3] ** 2).sum(axis=0))
-    return np.asarray(np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0)) / working_spacing)
+def _native_window(
+    box: tuple[slice, ...], scale: npt.NDArray[np.float64], offset: npt.NDArray[np.float64], shape: Shape
+) -> tuple[slice, ...] | None:
+    """Native index ranges whose voxel centres map inside the working ``box`` (None if empty)."""
+    window = []
+    for axis, part in enumerate(box):
+        lo = max(0, int(np.ceil((part.start - offset[axis]) / scale[axis] - 1e-9)))
+        hi = min(shape[axis], int(np.floor((part.stop - 1 - offset[axis]) / scale[axis] + 1e-9)) + 1)
+        if hi <= lo:
+            return None
+        window.append(slice(lo, hi))
+    return tuple(window)
+
+
+def _label_boxes(array: npt.NDArray[Any], margin: int) -> dict[int, tuple[slice, ...]]:
+    """Bounding box (grown by ``margin``) of every label; the background's is the whole array."""
+    boxes: dict[int, tuple[slice, ...]] = {0: tuple(slice(0, n) for n in array.shape)}
+    values = np.unique(array)
+    if values.min() < 0:  # find_objects needs non-negative labels
+        return {int(v): boxes[0] for v in values}
+    for value, found in enumerate(ndimage.find_objects(array), start=1):
+        if found is not None:
+            grown = zip(found, array.shape, strict=True)
+            boxes[value] = tuple(slice(max(0, f.start - margin), min(n, f.stop + margin)) for f, n in grown)
+    return boxes
 
 
 def _label_aware(labels: LabelImage, record: GridRecord) -> npt.NDArray[Any]:
-    """Per-label smoothed one-hot maps resampled linearly to native; argmax over labels."""
-    footprint = _native_footprint(record)
-    # a box of f working voxels has variance (f^2 - 1) / 12 more than one voxel: the Gaussian's sigma
-    sigma = np.sqrt(np.maximum(footprint**2 - 1.0, 0.0) / 12.0)
-    best = np.full(record.native_shape, -1.0, dtype=np.float32)
-    winner = np.zeros(record.native_shape, dtype=labels.array.dtype)
-    for value in np.unique(labels.array):
-        onehot = (labels.array == value).astype(np.float32)
-        if np.any(sigma > 0):
-            onehot = ndimage.gaussian_filter(onehot, sigma=tuple(sigma), mode="nearest", truncate=3.0)
-        fraction = _to_native_array(Image(onehot, labels.affine), record, 1)
-        better = fraction > best
-        best[better] = fraction[better]
-        winner[better] = value
+    """For each native voxel, the label covering the largest part of it (one cropped pass per label)."""
+    native_shape, native_affine = record.native
+    back = reorient(labels, orientation_of(native_affine))
+    scale, offset = _axis_map(back.affine, native_affine)
+    kernels = ((1, float(scale[0])), (1, float(scale[1])), (1, float(scale[2])))
+    best = np.full(native_shape, -1.0, dtype=np.float32)
+    winner = np.zeros(native_shape, dtype=labels.array.dtype)
+    for value, box in _label_boxes(back.array, int(np.ceil(scale.max())) + 2).items():
+        window = _native_window(box, scale, offset, native_shape)
+        if window is None:
+            continue
+        start = np.array([w.start for w in window]) * scale + offset - np.array([b.start for b in box])
+        onehot = (back.array[box] == value).astype(np.float32)
+        shape = (window[0].stop - window[0].start, window[1].stop - window[1].start, window[2].stop - window[2].start)
+        fraction = _resample_separable(onehot, scale, start, shape, kernels)
+        target = best[window]
+        better = fraction > target
+        target[better] = fraction[better]
+        winner[window][better] = value
     return winner
 
 
@@ -365,11 +426,11 @@ def to_native_labels(
         From :func:`to_working_grid`.
     method : {"nearest", "label-aware"}
         ``"nearest"``: the working voxel nearest each native voxel centre. ``"label-aware"``:
-        each label's one-hot map is smoothed by a Gaussian matching the native voxel's extent
-        along each axis (none along axes where native voxels are not larger), interpolated
-        linearly to the native voxel centres, and the label with the largest fraction wins: the
-        majority label of a thick native voxel rather than the label at its centre. One pass
-        per label, vectorised over voxels.
+        the fraction of each native voxel each label covers is computed from the label's
+        one-hot map (the exact mean over the native voxel's extent along axes where it spans
+        more than one working voxel, linear interpolation along the others) and the label with
+        the largest fraction wins: the majority label of a thick native voxel rather than the
+        label at its centre. One vectorised pass per label.
 
     Returns
     -------
