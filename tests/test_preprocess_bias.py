@@ -105,9 +105,9 @@ def test_n4_field_matches_truth(corrected: BiasCase) -> None:
     assert field is not None
     brain = corrected.brain
     r = np.corrcoef(np.log(field.array[brain]), np.log(corrected.true_field[brain]))[0, 1]
-    assert r > 0.9  # measured 0.954
+    assert r > 0.9  # measured 0.944
     residual = _cov(corrected.true_field / field.array, corrected.wm)
-    assert residual < 0.35 * _cov(corrected.true_field, corrected.wm)  # measured 0.0098 vs 0.048
+    assert residual < 0.35 * _cov(corrected.true_field, corrected.wm)  # measured 0.0078 vs 0.048
 
 
 def test_n4_output_on_native_grid(corrected: BiasCase) -> None:
@@ -135,7 +135,7 @@ def test_n4_mask_restricted_lia_with_zeros_and_negatives() -> None:
     assert np.all(result.corrected.array[0, :4, :4] < 0)
     inside = brain.array > 0
     r = np.corrcoef(np.log(result.field.array[inside]), np.log(true_field[inside]))[0, 1]
-    assert r > 0.9  # measured 0.963
+    assert r > 0.9  # measured 0.966
     wm = ndimage.binary_erosion(tissue.array == 3)
     assert _cov(result.corrected.array, wm) < 0.75 * _cov(array, wm)
 
@@ -191,7 +191,7 @@ def test_estimate_noise_sigma_on_phantom() -> None:
     for noise in (0.01, 0.05):
         phantom = make_phantom(spacing=(2.0, 2.0, 2.0), seed=0, noise=noise)
         sigma = estimate_noise_sigma(phantom.image, phantom.brain_mask)
-        assert sigma == pytest.approx(noise * 1000.0, rel=0.1)  # measured within 1 %
+        assert sigma == pytest.approx(noise * 1000.0, rel=0.1)  # measured within 2 %
 
 
 def _wm_snr(array: np.ndarray, wm: np.ndarray) -> float:
@@ -206,7 +206,7 @@ def test_nlm_raises_wm_snr_inside_mask_only(method: str, gain: float) -> None:
     outside = phantom.brain_mask.array == 0
     assert np.array_equal(out.array[outside], phantom.image.array[outside])
     assert np.array_equal(out.affine, phantom.image.affine)
-    # measured at 3 mm: skimage 26 -> 102 (x3.9), ants 26 -> 57 (x2.2)
+    # measured at 3 mm: skimage 26 -> 104 (x4.0), ants 26 -> 58 (x2.2)
     assert _wm_snr(out.array, wm) > gain * _wm_snr(phantom.image.array, wm)
 
 

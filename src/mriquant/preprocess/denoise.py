@@ -157,7 +157,8 @@ def nlm(image: Image, *, mask: LabelImage | None = None, options: NlmOptions | N
         Intensity image, shape ``(I, J, K)``.
     mask : LabelImage, optional
         Only voxels > 0 are denoised (and the work is cropped to their bounding box); the rest
-        keep their values. Default: the whole image.
+        keep their values, and the noise is estimated inside it. Default: the whole image is
+        denoised, with the noise estimated in the foreground mask.
     options : NlmOptions, optional
         Back end and parameters; defaults to scikit-image, 3^3 patches, search radius 2,
         ``h = 0.8 sigma``.
@@ -190,8 +191,9 @@ def nlm(image: Image, *, mask: LabelImage | None = None, options: NlmOptions | N
     if options.method == "ants":
         denoised = _ants_nlm(crop, crop_region, options)
     else:
-        if sigma is None:
-            sigma = estimate_noise_sigma(crop, LabelImage(crop_region.astype(np.uint8), crop.affine))
+        if sigma is None:  # without a mask, in the foreground: a zero or Rayleigh background would bias it
+            region_mask = LabelImage(crop_region.astype(np.uint8), crop.affine) if mask is not None else None
+            sigma = estimate_noise_sigma(crop, region_mask)
         denoised = _skimage_nlm(crop.array, options, sigma) if sigma > 0 else crop.array
     out = array.copy()
     out[box] = np.where(crop_region, denoised, crop.array)

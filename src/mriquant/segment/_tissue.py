@@ -356,38 +356,13 @@ REGISTRATION_LEVELS = ((6.0, 8.0), (4.0, 4.0), (3.0, 2.0))
 REGISTRATION_ITERATIONS = 25
 
 
-#: nilearn's copies of the MNI ICBM152 2009a (symmetric) probability maps, uint8 scaled to 255.
-MNI_FILES = {"GM": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-             "WM": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
-
-
 @functools.lru_cache(maxsize=1)
-def mni_template() -> dict[str, Image]:
-    """The MNI ICBM152 2009a GM and WM probability maps and a brain mask (1 mm; shipped with nilearn).
+def mni_brain() -> Image:
+    """The MNI152 2009a brain mask (:func:`mriquant.preprocess.template.template_brain_mask`) as a float 0/1 image."""
+    from mriquant.preprocess.template import template_brain_mask
 
-    Read straight from nilearn's package data (no download, and without importing
-    ``nilearn.datasets``, which takes seconds). The brain (``"brain"``, float 0/1) is
-    ``fill_holes(GM + WM > 0.1)``. Cached: loaded once per process.
-    Fonov et al. (2011), NeuroImage 54(1), 313-327.
-    """
-    import importlib.util
-    from pathlib import Path
-
-    import nibabel as nib
-
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("Expected nilearn (which ships the MNI152 tissue maps), found it missing; install nilearn "
-                         "or pass --priors none.")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    out: dict[str, Image] = {}
-    for key, name in MNI_FILES.items():
-        nii = nib.load(folder / name)
-        data = np.asarray(nii.dataobj, dtype=np.float32)
-        out[key] = Image(data / max(float(data.max()), 1e-12), nii.affine, {"source": f"MNI152 2009a {key}"})
-    brain = ndimage.binary_fill_holes(out["GM"].array + out["WM"].array > 0.1)
-    out["brain"] = out["GM"].with_array(brain.astype(np.float32), source="MNI152 2009a brain")
-    return out
+    mask = template_brain_mask(resolution_mm=1.0)
+    return Image(mask.array.astype(np.float32), mask.affine.copy(), {"source": "MNI152 2009a brain mask"})
 
 
 def block_mean(image: Image, spacing: float) -> Image:
@@ -409,7 +384,7 @@ def _level(mask: Image, spacing: float, sigma_mm: float) -> Image:
 
 @functools.lru_cache(maxsize=4)
 def _template_level(spacing: float, sigma_mm: float) -> Image:
-    return _level(mni_template()["brain"], spacing / 1.5, sigma_mm)
+    return _level(mni_brain(), spacing / 1.5, sigma_mm)
 
 
 def _points(image: Image) -> npt.NDArray[np.float64]:
@@ -495,23 +470,28 @@ def register_brain_masks(subject_mask: Image) -> Affine3:
     Levenberg-Marquardt on the 12 affine parameters from a centre-of-mass and volume-scale start.
     It uses no intensities, so it works for any contrast, and it is deterministic.
     """
-    tx = _initial_affine(subject_mask, mni_template()["brain"])
+    tx = _initial_affine(subject_mask, mni_brain())
     for spacing, sigma in REGISTRATION_LEVELS:
         tx = _fit_level(_level(subject_mask, spacing, sigma), _template_level(spacing, sigma), tx)
     return tx
 
 
 def mask_registered_priors(subject: Image, inside: npt.NDArray[np.bool_]) -> dict[str, F32]:
-    """MNI GM and WM probabilities at the in-mask voxels (N,) of ``subject`` after :func:`register_brain_masks`."""
+    """MNI GM and WM probabilities at the in-mask voxels (N,) of ``subject`` after :func:`register_brain_masks`.
+
+    The maps are :func:`mriquant.preprocess.template.mni_priors` (1 mm), linearly interpolated.
+    """
+    from mriquant.preprocess.template import mni_priors
+
     tx = register_brain_masks(subject.with_array(inside.astype(np.float32)))
-    template = mni_template()
+    maps = mni_priors(resolution_mm=1.0)
     world = np.eye(4)
     world[:3, :3], world[:3, 3] = tx.matrix, tx.offset
     out = {}
-    for key in ("GM", "WM"):
-        mapping = np.linalg.inv(template[key].affine) @ world @ subject.affine  # subject voxel -> template voxel
-        warped = ndimage.affine_transform(template[key].array, mapping[:3, :3], offset=mapping[:3, 3],
+    for key in ("gm", "wm"):
+        mapping = np.linalg.inv(maps[key].affine) @ world @ subject.affine  # subject voxel -> template voxel
+        warped = ndimage.affine_transform(maps[key].array, mapping[:3, :3], offset=mapping[:3, 3],
                                           output_shape=subject.shape, order=1, mode="constant", cval=0.0,
                                           output=np.float32)
-        out[key] = np.clip(warped[inside], 0.0, 1.0)
+        out[key.upper()] = np.clip(warped[inside], 0.0, 1.0)
     return out

@@ -78,9 +78,9 @@ class RegionGrowingOptions:
         metadata={"help": "seed points x y z in world RAS mm (repeat for several); none: find the lateral ventricles"},
     )
     multiplier: float = field(
-        default=2.5, metadata={"help": "keep intensities within mean +- multiplier * sd of the current region"}
+        default=3.0, metadata={"help": "keep intensities within mean +- multiplier * sd of the current region"}
     )
-    iterations: int = field(default=4, metadata={"help": "re-estimations of the mean and sd after the first pass"})
+    iterations: int = field(default=8, metadata={"help": "re-estimations of the mean and sd after the first pass"})
     radius_mm: float = field(
         default=2.0, metadata={"help": "radius (mm) of the neighbourhood around each seed that starts the region"}
     )
@@ -108,7 +108,7 @@ class RegionGrowingOptions:
                                        "many times is rejected (the previous pass is kept); 0: off"}
     )
     robust: bool = field(
-        default=True, metadata={"help": "estimate centre and spread by median and 1.4826 * MAD instead of mean and sd"}
+        default=False, metadata={"help": "estimate centre and spread by median and 1.4826 * MAD instead of mean and sd"}
     )
     fill_holes: bool = field(
         default=True, metadata={"help": "fill enclosed holes of the region (e.g. choroid plexus in a ventricle)"}
@@ -322,7 +322,10 @@ def fill_label_holes(labels: npt.NDArray[np.int32]) -> None:
 
 def side_labels(region: BoolArray, seeds: IntArray, sides: FloatArray,
                 labels: tuple[int, int] = (LEFT_VENTRICLE, RIGHT_VENTRICLE)) -> npt.NDArray[np.int32]:
-    """Label a region grown from ``seeds = [left, right]``: by seed, or by midline side when shared.
+    """Label a region grown from ``seeds = [left, right]``: by seed, or by midline side otherwise.
+
+    A component holding one seed takes that seed's label; a component holding both seeds or
+    none (a seed may end up outside a contour) is split at the midline.
 
     Parameters
     ----------
@@ -341,8 +344,9 @@ def side_labels(region: BoolArray, seeds: IntArray, sides: FloatArray,
     """
     components, _ = ndimage.label(region, structure=FACE)
     left_id, right_id = components[tuple(seeds[0])], components[tuple(seeds[1])]
-    left = (components == left_id) & (left_id != right_id)
-    right = (components == right_id) & (left_id != right_id)
+    distinct = left_id != right_id
+    left = (components == left_id) & bool(distinct and left_id > 0)
+    right = (components == right_id) & bool(distinct and right_id > 0)
     shared = region & ~left & ~right
     out = np.zeros(region.shape, dtype=np.int32)
     out[left | (shared & (sides < 0))] = labels[0]
@@ -388,6 +392,38 @@ def check_seeds_in_mask(plan: SeedPlan, allowed: BoolArray) -> None:
         )
 
 
+def grow(image: Image, mask: LabelImage | None, opts: RegionGrowingOptions,
+         plan: SeedPlan) -> tuple[npt.NDArray[np.int32], Box, dict[str, Any]]:
+    """Grow from ``plan``'s seeds inside the mask; return the labels on a box of the grid, the box and facts.
+
+    With automatic seeds (``plan.midline`` set) the region keeps ``midline_gap_mm`` off the
+    midline and is labelled 4/43 by :func:`side_labels`; with user seeds it takes ``opts.label``.
+    """
+    brain = _seeds.brain_or_foreground(image, mask)
+    check_seeds_in_mask(plan, brain)
+    box = _seeds.bounding_box(brain, 1)
+    local = plan.voxels - np.array([s.start for s in box])
+    box_shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
+    sides = None
+    allowed = brain[box]
+    if plan.midline is not None:
+        sides = plan.midline.signed_distance(box_shape, _seeds.box_affine(image.affine, box))
+        allowed = allowed & (np.abs(sides) >= opts.midline_gap_mm)
+    allowed[tuple(local.T)] = True
+    with np.errstate(all="raise", under="ignore"):
+        values = presmooth(np.asarray(image.array[box], dtype=np.float32), image.spacing, opts)
+        grown, facts = grow_with_guard(values, allowed, local, ball(opts.radius_mm, image.spacing),
+                                       options=opts, voxel_ml=image.voxel_volume_ml)
+    if sides is None:
+        labels = np.where(grown.region, np.int32(opts.label), np.int32(0)).astype(np.int32)
+    else:
+        labels = side_labels(grown.region, local, sides)
+    if opts.fill_holes:
+        fill_label_holes(labels)
+    volumes = {str(v): float((labels == v).sum()) * image.voxel_volume_ml for v in np.unique(labels) if v}
+    return labels, box, {**plan.info, **facts, "region_ml": volumes}
+
+
 @register
 class RegionGrowing(Segmenter):
     """Seeded confidence-connected region growing (lateral ventricles by default)."""
@@ -402,24 +438,5 @@ class RegionGrowing(Segmenter):
         """Grow the region; ``dseg`` holds 4/43 (automatic seeds) or ``label`` (user seeds)."""
         opts: RegionGrowingOptions = self.options
         plan = plan_seeds(image, mask, opts.seeds, opts.contrast)
-        brain = _seeds.brain_or_foreground(image, mask)
-        check_seeds_in_mask(plan, brain)
-        box = _seeds.bounding_box(brain, 1)
-        local = plan.voxels - np.array([s.start for s in box])
-        sides = None if plan.midline is None else plan.midline.signed_distance(
-            tuple(s.stop - s.start for s in box), _seeds.box_affine(image.affine, box))  # type: ignore[arg-type]
-        allowed = brain[box] if sides is None else brain[box] & (np.abs(sides) >= opts.midline_gap_mm)
-        allowed[tuple(local.T)] = True
-        with np.errstate(all="raise", under="ignore"):
-            values = presmooth(np.asarray(image.array[box], dtype=np.float32), image.spacing, opts)
-            grown, facts = grow_with_guard(values, allowed, local, ball(opts.radius_mm, image.spacing),
-                                           options=opts, voxel_ml=image.voxel_volume_ml)
-        if sides is None:
-            labels = np.where(grown.region, np.int32(opts.label), np.int32(0)).astype(np.int32)
-        else:
-            labels = side_labels(grown.region, local, sides)
-        if opts.fill_holes:
-            fill_label_holes(labels)
-        dseg = place(image, box, labels, segmentation=self.name)
-        volumes = {str(v): float((labels == v).sum()) * image.voxel_volume_ml for v in np.unique(labels) if v}
-        return Segmentation(dseg=dseg, info={**plan.info, **facts, "region_ml": volumes})
+        labels, box, info = grow(image, mask, opts, plan)
+        return Segmentation(dseg=place(image, box, labels, segmentation=self.name), info=info)
