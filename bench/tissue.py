@@ -6,7 +6,8 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   3 WM map derived from manual labels (sulcal CSF is mostly unlabelled there, so GM and WM Dice
   are the measures; CSF Dice mostly measures the ventricles). FSL FAST's output ships with the
   data (``NNNN_tissues``); ANTs Atropos (``ants.atropos``: k-means init, 3 classes, MRF
-  [0.2, 1x1x1], 5 iterations) and scikit-learn's GaussianMixture (3 components, full EM on the
+  [0.2, 1x1x1], 5 iterations, on intensities truncated to the in-mask 0.1-99.9 percentiles as ANTs'
+  pipelines do: untruncated, its k-means init fails on scans with a few very bright voxels) and scikit-learn's GaussianMixture (3 components, full EM on the
   in-mask intensities, classes sorted by mean) run here, in the same mask.
 - BrainWeb: T1, T2 and PD scans simulated from two crisp anatomical models by
   :func:`mriquant.testing.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
@@ -109,7 +110,11 @@ def run_atropos(spec: str, case: Case) -> np.ndarray:
     from mriquant.preprocess.bias import to_ants
 
     _, options = parse_method(spec)
-    img = to_ants(case.image)
+    array = case.image.array.astype(np.float32)
+    if options.get("truncate", True):  # as ANTs' own pipelines do before Atropos (outliers wreck its k-means init)
+        lo, hi = np.percentile(array[case.mask.array > 0], (0.1, 99.9))
+        array = np.clip(array, lo, hi)
+    img = to_ants(case.image.with_array(array))
     mask = to_ants(case.mask.with_array((case.mask.array > 0).astype(np.float32))).clone("unsigned int")
     beta = float(options.get("beta", 0.2))
     out = ants.atropos(a=img, x=mask, i="Kmeans[3]", m=f"[{beta},1x1x1]", c=str(options.get("c", "[5,0]")))

@@ -297,7 +297,7 @@ def _ants_n4_field(image: Image, fit: npt.NDArray[np.bool_], options: N4Options)
         order=1,
         mode="nearest",
     )
-    return np.exp(log_field).astype(np.float32)
+    return np.asarray(np.exp(log_field), dtype=np.float32)
 
 
 def _normalised_field(field: npt.NDArray[np.float32], fit: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:

@@ -333,7 +333,9 @@ STRIPPED_MAX_DARK_BAND = 0.08
 
 
 def _face_mode(data: npt.NDArray[Any]) -> float:
-    faces = np.concatenate([f.ravel() for f in (data[0], data[-1], data[:, 0], data[:, -1], data[:, :, 0], data[:, :, -1])])
+    faces = np.concatenate(
+        [f.ravel() for f in (data[0], data[-1], data[:, 0], data[:, -1], data[:, :, 0], data[:, :, -1])]
+    )
     values, counts = np.unique(faces, return_counts=True)
     return float(values[np.argmax(counts)])
 

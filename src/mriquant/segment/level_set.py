@@ -76,6 +76,8 @@ Init = Literal["region-growing", "seeds"]
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.intp]
+#: Flat voxel indices (int32 when the padded box allows it: faster gathers).
+Flat = npt.NDArray[np.signedinteger[Any]]
 
 #: Percentile of the edge image used as the geodesic threshold when ``threshold`` is 0.
 AUTO_THRESHOLD_PERCENTILE = 40.0
@@ -107,7 +109,7 @@ class LevelSetOptions:
     )
     lambda2: float = field(default=1.0, metadata={"help": "chan-vese weight of the outside fit"})
     balloon: float = field(
-        default=1.0, metadata={"help": "geodesic balloon strength; expands from seeds, shrinks from a mask"}
+        default=0.5, metadata={"help": "geodesic balloon strength; expands from seeds, shrinks from a mask"}
     )
     threshold: float = field(
         default=0.0, metadata={"help": "geodesic: edge-image level where the balloon acts; 0: 40th percentile"}
@@ -138,8 +140,8 @@ class LevelSetOptions:
             raise InputError(f"Expected init region-growing or seeds, found {self.init!r}.")
         if self.iterations < 0 or self.smoothing < -1 or min(self.seed_radius_mm, self.edge_sigma_mm) <= 0:
             raise InputError(
-                f"Expected iterations >= 0, smoothing >= -1 and seed_radius_mm, edge_sigma_mm > 0, found {self.iterations}, "
-                f"{self.smoothing}, {self.seed_radius_mm}, {self.edge_sigma_mm}."
+                f"Expected iterations >= 0, smoothing >= -1 and seed_radius_mm, edge_sigma_mm > 0, found "
+                f"{self.iterations}, {self.smoothing}, {self.seed_radius_mm}, {self.edge_sigma_mm}."
             )
         if self.margin_mm < 0 or self.label <= 0:
             raise InputError(f"Expected margin_mm >= 0 and label > 0, found {self.margin_mm}, {self.label}.")
@@ -147,7 +149,7 @@ class LevelSetOptions:
 
 def _cube_positions() -> list[tuple[int, int, int]]:
     """The 27 offsets of a 3x3x3 neighbourhood in raster order (centre at position 13)."""
-    return list(itertools.product((-1, 0, 1), repeat=3))
+    return [(a, b, c) for a, b, c in itertools.product((-1, 0, 1), repeat=3)]
 
 
 def _planes() -> npt.NDArray[np.intp]:
@@ -196,7 +198,7 @@ class NarrowBand:
         self.u = padded.ravel().astype(np.uint8)
         strides = (self.shape[1] * self.shape[2], self.shape[2], 1)
         offsets = [sum(d * s for d, s in zip(p, strides, strict=True)) for p in _cube_positions()]
-        self.offsets = np.array(offsets, dtype=np.intp if self.u.size >= 2**31 else np.int32)
+        self.offsets: Flat = np.array(offsets, dtype=np.intp if self.u.size >= 2**31 else np.int32)
         cube = np.ones((3, 3, 3), dtype=bool)
         edge = ndimage.binary_dilation(padded, cube) & ~ndimage.binary_erosion(padded, cube)
         self.in_band = edge.ravel() & self.allowed
@@ -204,11 +206,11 @@ class NarrowBand:
         self.flips = 0
         self._mark = np.zeros(self.u.size, dtype=bool)
 
-    def neighbours(self, idx: IntArray) -> npt.NDArray[np.uint8]:
+    def neighbours(self, idx: Flat) -> npt.NDArray[np.uint8]:
         """Values ``(N, 27)`` of the 3x3x3 neighbourhoods of flat indices ``idx``."""
-        return self.u[idx[:, None] + self.offsets[None, :]]
+        return np.asarray(self.u[idx[:, None] + self.offsets[None, :]], dtype=np.uint8)
 
-    def update(self, idx: IntArray, values: npt.NDArray[np.uint8]) -> IntArray:
+    def update(self, idx: Flat, values: npt.NDArray[np.uint8]) -> Flat:
         """Write ``values`` at ``idx`` (0 outside ``allowed``), refresh the band; return changed indices.
 
         Only the neighbourhoods of changed voxels can change band membership, so only those are
@@ -216,7 +218,7 @@ class NarrowBand:
         """
         values = values & self.allowed[idx]
         flip = values != self.u[idx]
-        changed = idx[flip]
+        changed: Flat = idx[flip]
         if changed.size == 0:
             return changed
         self.u[changed] = values[flip]
@@ -226,13 +228,13 @@ class NarrowBand:
         self._mark[affected] = False
         affected = affected[self.allowed[affected]]
         nb = self.neighbours(affected)
-        self.in_band[affected] = nb.any(axis=1) & ~nb.all(axis=1)
+        self.in_band[affected] = np.any(nb, axis=1) & ~np.all(nb, axis=1)
         self.band = self._flat_indices(self.in_band)
         return changed
 
-    def _flat_indices(self, mask: BoolArray) -> IntArray:
+    def _flat_indices(self, mask: BoolArray) -> Flat:
         """Indices of the True entries of ``mask``, in the offsets' integer type (int32 gathers are faster)."""
-        return np.flatnonzero(mask).astype(self.offsets.dtype, copy=False)
+        return np.asarray(np.flatnonzero(mask).astype(self.offsets.dtype, copy=False))
 
     def inside(self) -> BoolArray:
         """The inside on the unpadded box, shape (I, J, K)."""
@@ -246,14 +248,14 @@ class NarrowBand:
 def inf_sup(band: NarrowBand) -> None:
     """IS operator: an outside voxel joins when every planar element through it touches the inside."""
     idx = band.band[band.u[band.band] == 0]
-    hit = band.neighbours(idx)[:, PLANES].any(axis=2).all(axis=1)
+    hit = np.all(np.any(band.neighbours(idx)[:, PLANES], axis=2), axis=1)
     band.update(idx, hit.astype(np.uint8))
 
 
 def sup_inf(band: NarrowBand) -> None:
     """SI operator: an inside voxel stays only when some planar element through it lies inside."""
     idx = band.band[band.u[band.band] == 1]
-    keep = band.neighbours(idx)[:, PLANES].all(axis=2).any(axis=1)
+    keep = np.any(np.all(band.neighbours(idx)[:, PLANES], axis=2), axis=1)
     band.update(idx, keep.astype(np.uint8))
 
 
@@ -265,7 +267,7 @@ def curvature_smoothing(band: NarrowBand, steps: int, parity: int) -> None:
         second(band)
 
 
-def _front(band: NarrowBand) -> tuple[IntArray, npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+def _front(band: NarrowBand) -> tuple[Flat, npt.NDArray[np.uint8], BoolArray]:
     """Band indices, their neighbourhoods and whether ``|grad u| != 0`` there (central differences)."""
     idx = band.band
     nb = band.neighbours(idx)
@@ -285,6 +287,7 @@ class ChanVeseState:
 
     @classmethod
     def start(cls, band: NarrowBand, values: FloatArray) -> ChanVeseState:
+        """Sums over the domain (``band.allowed``) and the initial inside."""
         flat = band.flat(values).astype(np.float32)
         inside = band.u.astype(bool)
         return cls(flat, float(flat[band.allowed].sum(dtype=np.float64)), int(band.allowed.sum()),
@@ -296,7 +299,7 @@ class ChanVeseState:
         c0 = (self.domain_sum - self.inside_sum) / max(self.domain_count - self.inside_count, 1)
         return c1, c0
 
-    def account(self, band: NarrowBand, changed: IntArray) -> None:
+    def account(self, band: NarrowBand, changed: Flat) -> None:
         """Update the inside sums after ``changed`` voxels flipped."""
         sign = band.u[changed].astype(np.float64) * 2.0 - 1.0  # +1 joined, -1 left
         self.inside_sum += float((sign * self.values[changed]).sum())
@@ -346,7 +349,7 @@ def geodesic_step(band: NarrowBand, edges: EdgeMap, balloon: float) -> int:
     if balloon != 0:
         idx, nb, _ = _front(band)
         pushed = edges.g[idx] > edges.threshold / abs(balloon)
-        grown = nb.any(axis=1) if balloon > 0 else nb.all(axis=1)
+        grown = np.any(nb, axis=1) if balloon > 0 else np.all(nb, axis=1)
         count += band.update(idx[pushed], grown[pushed].astype(np.uint8)).size
     idx, nb, _ = _front(band)
     du = (nb[:, FACE_PLUS].astype(np.float32) - nb[:, FACE_MINUS]) / 2.0
@@ -364,7 +367,7 @@ def evolve(band: NarrowBand, values: FloatArray, spacing: tuple[float, float, fl
     state = ChanVeseState.start(band, values) if options.model == "chan-vese" else None
     edges = EdgeMap.build(band, values, spacing, options) if options.model == "geodesic" else None
     steps = 0
-    for steps in range(1, options.iterations + 1):  # noqa: B007 (steps is reported)
+    for steps in range(1, options.iterations + 1):
         before = band.flips
         if state is not None:
             chan_vese_step(band, state, options.lambda1, options.lambda2)
@@ -443,7 +446,8 @@ def _labels(start: Start, inside: BoolArray, box: Box, image: Image, label: int)
     if start.midline is None or start.seeds is None:
         return np.where(inside, np.int32(label), np.int32(0)).astype(np.int32)
     local = start.seeds - np.array([s.start for s in box])
-    sides = start.midline.signed_distance(inside.shape, _seeds.box_affine(image.affine, box))  # type: ignore[arg-type]
+    shape = (inside.shape[0], inside.shape[1], inside.shape[2])
+    sides = start.midline.signed_distance(shape, _seeds.box_affine(image.affine, box))
     labels = side_labels(inside, local, sides)
     fill_label_holes(labels)
     return labels

@@ -1,0 +1,135 @@
+"""Skull stripping: bundled weights, accuracy on phantoms, native-grid output, stripped input, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mriquant.core.case import Case
+from mriquant.core.errors import GeometryError, InputError
+from mriquant.core.image import Image
+from mriquant.models import WEIGHTS_DIR, WeightsError, load_weights, read_manifest
+from mriquant.preprocess.skullstrip import SkullStripOptions, detect_stripped, skullstrip, skullstrip_step
+from mriquant.testing import make_phantom
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")
+
+#: Dice bounds measured with the shipped weights (bench/skullstrip_results), minus a margin.
+PHANTOM_DICE = 0.90
+BRAINWEB_DICE = 0.93
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_weights_match_manifest_and_size() -> None:
+    entry = read_manifest()["models"]["skullstrip"]
+    for key in ("file", "sha256", "size_bytes", "training_command", "date", "training_data", "version", "config"):
+        assert key in entry
+    path = WEIGHTS_DIR / entry["file"]
+    assert path.stat().st_size == entry["size_bytes"] <= 20 * 1024 * 1024
+    state, config, _ = load_weights("skullstrip")
+    assert config["channels"] and all(hasattr(v, "shape") for v in state.values())
+
+
+def test_corrupted_weights_are_refused(tmp_path: Path) -> None:
+    for item in WEIGHTS_DIR.iterdir():
+        if item.is_file():
+            shutil.copy(item, tmp_path / item.name)
+    entry = read_manifest(tmp_path)["models"]["skullstrip"]
+    blob = bytearray((tmp_path / entry["file"]).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / entry["file"]).write_bytes(bytes(blob))
+    with pytest.raises(WeightsError, match="SHA-256"):
+        load_weights("skullstrip", folder=tmp_path)
+
+
+@pytest.mark.parametrize("contrast", ["T1", "T2"])
+def test_phantom_dice(contrast: str) -> None:
+    ph = make_phantom(contrast=contrast, spacing=(2.0, 2.0, 2.0), seed=3)
+    result = skullstrip(ph.image)
+    assert not result.already_stripped
+    assert _dice(result.mask.array, ph.brain_mask.array) >= PHANTOM_DICE
+
+
+def test_native_grid_for_oblique_lia_input() -> None:
+    ph = make_phantom(contrast="T1", spacing=(1.5, 2.0, 2.5), orientation="LIA", rotation=(8.0, 0.0, -6.0), seed=5)
+    result = skullstrip(ph.image)
+    assert result.mask.same_grid(ph.image) and result.mask.array.dtype == np.uint8
+    assert result.probability is not None and result.probability.same_grid(ph.image)
+    assert set(np.unique(result.mask.array)) <= {0, 1}
+    assert _dice(result.mask.array, ph.brain_mask.array) >= PHANTOM_DICE - 0.02
+
+
+def test_already_stripped_phantom_is_detected() -> None:
+    ph = make_phantom(contrast="T1", spacing=(2.0, 2.0, 2.0), noise=0.02, seed=2)
+    stripped = ph.image.with_array(ph.image.array * (ph.brain_mask.array > 0))
+    assert not detect_stripped(ph.image).is_stripped
+    result = skullstrip(stripped)
+    assert result.already_stripped and result.probability is None
+    assert "already skull stripped" in result.notes[0]
+    assert _dice(result.mask.array, ph.brain_mask.array) > 0.97
+
+
+def test_noise_image_raises_input_error() -> None:
+    rng = np.random.default_rng(0)
+    noise = Image(rng.random((96, 96, 96)).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), {"source": "noise"})
+    with pytest.raises(InputError, match="brain"):
+        skullstrip(noise)
+
+
+def test_ct_like_and_thick_slices_raise() -> None:
+    ph = make_phantom(contrast="T1", spacing=(2.0, 2.0, 2.0), noise=0.0, seed=1)
+    ct = ph.image.with_array(np.where(ph.image.array > 0.01, 40.0 + 2000.0 * (ph.image.array < 0.1), -1000.0))
+    with pytest.raises(InputError, match="CT-like"):
+        skullstrip(ct)
+    thick = Image(ph.image.array[:, :, ::5], ph.image.affine @ np.diag([1.0, 1.0, 5.0, 1.0]))
+    with pytest.raises(GeometryError, match="thick"):
+        skullstrip(thick)
+
+
+def test_case_step_records_provenance() -> None:
+    ph = make_phantom(contrast="PD", spacing=(2.0, 2.0, 2.0), seed=4)
+    case = skullstrip_step(Case(ph.image), options=SkullStripOptions(keep_probability=False))
+    step = case.provenance[-1]
+    assert step.name == "skullstrip" and step.params["input"] == "image"
+    assert len(step.params["model_sha256"]) == 64 and step.params["already_stripped"] is False
+    assert case.labels["brain_mask"].same_grid(ph.image)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+@needs_data
+def test_miccai_stripped_scan_is_detected() -> None:
+    from mriquant.io import read_image, read_labels
+
+    image = read_image(DATA / "miccai2012" / "train" / "1000_SS.nii.gz")
+    result = skullstrip(image)
+    assert result.already_stripped
+    truth = read_labels(DATA / "miccai2012" / "train" / "1000_mask.nii.gz")
+    assert _dice(result.mask.array, truth.array) > 0.95
+
+
+@needs_data
+def test_real_heads_are_not_detected_as_stripped() -> None:
+    from mriquant.io import read_image
+
+    assert not detect_stripped(read_image(DATA / "t1" / "chris_t1.nii.gz")).is_stripped
+
+
+@needs_data
+def test_held_out_brainweb_t1_dice() -> None:
+    from mriquant.io import read_labels
+    from mriquant.testing.brainweb import simulate
+
+    labels = read_labels(DATA / "brainweb-crisp" / "subject05_crisp_v.mnc.gz")
+    sim = simulate(labels, contrast="T1", noise=0.03, bias=0.2, seed=11)
+    result = skullstrip(sim.image)
+    assert _dice(result.mask.array, sim.brain_mask.array) >= BRAINWEB_DICE
