@@ -298,17 +298,23 @@ def summary(rows: list[Row], methods: list[str]) -> dict[str, dict[str, Any]]:
         mine = [r for r in rows if r.method == m]
         bw = [r for r in mine if r.group.startswith("brainweb")]
         out[m] = {g: _mean([r.dice for r in mine if r.group == g]) for g in sorted({r.group for r in rows})}
-        out[m].update(dice_bw=_mean([r.dice for r in bw]), dice_bw_min=min((r.dice for r in bw if r.dice), default=None),
-                      hd95_bw=_mean([r.hd95 for r in bw]), seconds=_mean([r.seconds for r in mine]),
-                      peak_mb=max((r.peak_mb for r in mine if r.peak_mb), default=None),
-                      failures=sum(1 for r in mine if r.note))  # fmt: skip
+        out[m].update(
+            dice_bw=_mean([r.dice for r in bw]),
+            dice_bw_min=min((r.dice for r in bw if r.dice), default=None),
+            hd95_bw=_mean([r.hd95 for r in bw]),
+            seconds=_mean([r.seconds for r in mine]),
+            peak_mb=max((r.peak_mb for r in mine if r.peak_mb), default=None),
+            failures=sum(1 for r in mine if r.note),
+        )
     return out
 
 
 def render(rows: list[Row], methods: list[str], grid: str) -> str:
     """Markdown: summary with ratios to mriquant, then every row."""
     s = summary(rows, methods)
-    groups = [g for g in ("brainweb-T1", "brainweb-T2", "brainweb-PD", "real-stripped") if any(r.group == g for r in rows)]
+    groups = [
+        g for g in ("brainweb-T1", "brainweb-T2", "brainweb-PD", "real-stripped") if any(r.group == g for r in rows)
+    ]
     head = ["method", *[f"Dice {g}" for g in groups], "Dice BrainWeb (min)", "HD95 mm", "s/scan", "peak MB", "failed"]
     lines = [f"## Skull stripping ({grid} grid, {len({r.case for r in rows})} scans)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip

@@ -6,9 +6,10 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   3 WM map derived from manual labels (sulcal CSF is mostly unlabelled there, so GM and WM Dice
   are the measures; CSF Dice mostly measures the ventricles). FSL FAST's output ships with the
   data (``NNNN_tissues``); ANTs Atropos (``ants.atropos``: k-means init, 3 classes, MRF
-  [0.2, 1x1x1], 5 iterations, on intensities truncated to the in-mask 0.1-99.9 percentiles as ANTs'
-  pipelines do: untruncated, its k-means init fails on scans with a few very bright voxels) and scikit-learn's GaussianMixture (3 components, full EM on the
-  in-mask intensities, classes sorted by mean) run here, in the same mask.
+  [0.2, 1x1x1], 5 iterations, on intensities truncated to the in-mask 0.1-99.9 percentiles as
+  ANTs' pipelines do: untruncated, its k-means init fails on scans with a few very bright voxels)
+  and scikit-learn's GaussianMixture (3 components, full EM on the in-mask intensities, classes
+  sorted by mean) run here, in the same mask.
 - BrainWeb: T1, T2 and PD scans simulated from two crisp anatomical models by
   :func:`mriquant.testing.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
   inside the true brain mask.

@@ -34,7 +34,7 @@ FAST = RegistrationOptions(
     linear_iterations=(100, 50),
     linear_shrink=(2, 1),
     linear_smoothing=(1, 0),
-    syn_iterations=(20, 10),
+    syn_iterations=(10, 0),  # one 6 mm SyN level: enough to make and test warp fields
 )
 
 
@@ -86,18 +86,23 @@ def lia_subject(template2: Image) -> Image:
 
 
 @pytest.fixture(scope="module")
+def template3() -> Image:
+    return mni_template(resolution_mm=3.0, brain=True)
+
+
+@pytest.fixture(scope="module")
 def rigid_tx(rigid_subject: Image) -> Transform:
-    return register_to_mni(rigid_subject, kind="rigid", options=FAST)
+    return register_to_mni(rigid_subject, kind="rigid", options=FAST)  # default template: 1 mm MNI grid
 
 
 @pytest.fixture(scope="module")
-def affine_tx(lia_subject: Image) -> Transform:
-    return register_to_mni(lia_subject, kind="affine", options=FAST)
+def affine_tx(lia_subject: Image, template3: Image) -> Transform:
+    return register_to_mni(lia_subject, kind="affine", template=template3, options=FAST)
 
 
 @pytest.fixture(scope="module")
-def syn_tx(rigid_subject: Image) -> Transform:
-    return register_to_mni(rigid_subject, kind="syn", options=FAST)
+def syn_tx(rigid_subject: Image, template3: Image) -> Transform:
+    return register_to_mni(rigid_subject, kind="syn", template=template3, options=FAST)
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,6 +178,7 @@ def test_rigid_recovered(rigid_tx: Transform) -> None:
     assert np.linalg.norm(estimate[:3, 3] - truth[:3, 3]) < 1.0
     assert np.allclose(np.linalg.svd(estimate[:3, :3], compute_uv=False), 1.0, atol=1e-4)
     assert rigid_tx.meta["quality"]["ncc"] > 0.9
+    assert rigid_tx.template.shape == (197, 233, 189)  # default template grid: 1 mm MNI
 
 
 def test_affine_recovered(affine_tx: Transform) -> None:
@@ -190,7 +196,7 @@ def test_to_subject_is_native_grid(affine_tx: Transform, lia_subject: Image, tem
     assert np.array_equal(back.affine, lia_subject.affine)
     inside = lia_subject.array > 0.1
     assert np.corrcoef(back.array[inside], lia_subject.array[inside])[0, 1] > 0.95
-    assert affine_tx.apply(lia_subject).same_grid(mni_template())  # default template grid: 1 mm MNI
+    assert affine_tx.apply(lia_subject).same_grid(mni_template(resolution_mm=3.0))  # the template passed
 
 
 def test_label_round_trip(affine_tx: Transform, lia_subject: Image) -> None:
@@ -219,19 +225,19 @@ def test_syn_save_load_round_trip(syn_tx: Transform, rigid_subject: Image, tmp_p
     assert names == ["to_mni.json", "to_mni.mat", "to_mni_invwarp.nii.gz", "to_mni_warp.nii.gz"]
     loaded = Transform.load(tmp_path)
     assert loaded.kind == "syn" and loaded.subject.shape == rigid_subject.shape
-    for direction, image in (("to_template", rigid_subject), ("to_subject", mni_template(resolution_mm=3.0))):
+    for direction, image in (("to_template", rigid_subject), ("to_subject", mni_template(resolution_mm=2.0))):
         a = syn_tx.apply(image, direction=direction)  # type: ignore[arg-type]
         b = loaded.apply(image, direction=direction)  # type: ignore[arg-type]
         assert np.array_equal(a.array, b.array) and np.array_equal(a.affine, b.affine)
     assert np.allclose(loaded.affine_ras(), syn_tx.affine_ras())
 
 
-def test_syn_warp_improves_or_keeps_match(syn_tx: Transform, rigid_tx: Transform, rigid_subject: Image) -> None:
-    template = mni_template(brain=True)
-    mask = template_brain_mask()
-    q_syn = registration_quality(syn_tx.apply(rigid_subject), template, mask)
-    q_rigid = registration_quality(rigid_tx.apply(rigid_subject), template, mask)
-    assert q_syn["ncc"] > 0.95 and q_syn["ncc"] >= q_rigid["ncc"] - 0.01
+def test_syn_quality(syn_tx: Transform, template3: Image, rigid_subject: Image) -> None:
+    assert [f.role for f in syn_tx.forward] == ["warp", "affine"]
+    assert [(f.role, f.invert) for f in syn_tx.inverse] == [("affine", True), ("invwarp", False)]
+    assert syn_tx.meta["quality"]["ncc"] > 0.95
+    quality = registration_quality(syn_tx.apply(rigid_subject), template3)
+    assert quality["ncc"] > 0.95 and 1.0 < quality["nmi"] <= 2.0
 
 
 def test_compose_subject_to_subject(rigid_tx: Transform, affine_tx: Transform, rigid_subject: Image) -> None:
@@ -256,10 +262,10 @@ def test_noise_raises_one_line() -> None:
 def test_register_step_records(lia_subject: Image) -> None:
     mask = LabelImage((lia_subject.array > 0.05).astype(np.int32), lia_subject.affine)
     case = Case(lia_subject, labels={"brain_mask": mask})
-    out = register_step(case, kind="rigid", options=FAST)
+    out = register_step(case, options=FAST)
     assert "to_mni" in out.transforms and "to_mni" not in case.transforms
     step = out.provenance[-1]
-    assert step.name == "register" and step.params["kind"] == "rigid" and step.params["masked"] is True
+    assert step.name == "register" and step.params["kind"] == "affine" and step.params["masked"] is True
     assert step.params["quality"]["ncc"] > 0.8 and len(step.params["affine_ras"]) == 4
 
 

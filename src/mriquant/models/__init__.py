@@ -48,7 +48,9 @@ def read_manifest(folder: str | Path | None = None) -> dict[str, Any]:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"Expected a JSON weights manifest at {path}, could not read it ({exc}); reinstall.") from exc
+        raise WeightsError(
+            f"Expected a JSON weights manifest at {path}, could not read it ({exc}); reinstall."
+        ) from exc
     return data
 
 
@@ -62,7 +64,9 @@ def _entry(name: str, folder: Path) -> dict[str, Any]:
     return entry
 
 
-def load_weights(name: str, *, folder: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def load_weights(
+    name: str, *, folder: str | Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Load a bundled model's state dict after checking its SHA-256 against the manifest.
 
     Parameters

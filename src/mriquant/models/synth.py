@@ -299,7 +299,9 @@ class SynthGenerator:
         origin = inv[:3, :3] @ centre + inv[:3, 3]
         grid = self._fine_grid.reshape(-1, 3) @ torch.from_numpy(to_src.T).float() + torch.from_numpy(origin).float()
         grid = grid.reshape(*self.fine_shape, 3)
-        grid += _smooth_field(self.fine_shape, 6, cfg.deform_mm * float(self.rng.random()), 3, self.gen).permute(1, 2, 3, 0)
+        grid += _smooth_field(self.fine_shape, 6, cfg.deform_mm * float(self.rng.random()), 3, self.gen).permute(
+            1, 2, 3, 0
+        )
         size = torch.tensor(lmap.index.shape, dtype=torch.float32)
         norm = (grid / (size - 1) * 2 - 1).flip(-1)  # grid_sample wants (x=last axis, y, z=first axis)
         src = self._volumes[k][None, None].float()
@@ -334,7 +336,7 @@ class SynthGenerator:
 
     def _thick_slices(self, fine: torch.Tensor) -> torch.Tensor:
         """Average ``t`` mm slabs along a random axis and interpolate back (thick-slice acquisition)."""
-        thickness = int(round(self.rng.uniform(1.0, self.config.max_slice_mm) / (self.config.spacing / 2)))
+        thickness = round(self.rng.uniform(1.0, self.config.max_slice_mm) / (self.config.spacing / 2))
         if thickness < 2:
             return fine
         axis = int(self.rng.integers(3))

@@ -83,6 +83,18 @@ _INTERPOLATORS: dict[str, str] = {
     "bspline": "bSpline",
 }
 _KINDS = ("rigid", "affine", "syn")
+#: Starting rotations (degrees about the x, y, z axes, LPS) tried by ``init="search"``.
+_SEARCH_ANGLES: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 0.0),
+    (30.0, 0.0, 0.0),
+    (-30.0, 0.0, 0.0),
+    (0.0, 30.0, 0.0),
+    (0.0, -30.0, 0.0),
+    (0.0, 0.0, 30.0),
+    (0.0, 0.0, -30.0),
+)
+#: Grid (mm) of the search's coarse rigid registrations.
+_SEARCH_MM = 6.0
 _LPS = np.diag([-1.0, -1.0, 1.0])
 _FORMAT = "mriquant.transform"
 _ORDER_NOTE = (
@@ -176,7 +188,7 @@ class Grid:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"shape": list(self.shape), "affine": np.round(self.affine, 8).tolist()}
+        return {"shape": list(self.shape), "affine": self.affine.tolist()}  # full precision: exact round trip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
@@ -586,15 +598,53 @@ def _linear_stages(fixed: Any, moving: Any, kind: str, folder: Path, opts: Regis
 
 
 def _initial_transform(fixed: Any, moving: Any, folder: Path, opts: RegistrationOptions) -> str | None:
-    """``None`` lets ANTs align centres of mass; ``"search"`` runs ANTs' multi-start rotation search."""
+    """``None`` lets ANTs align centres of mass; ``"search"`` picks the best of several rotated starts."""
     if opts.init == "com":
         return None
     import ants
 
-    path = folder / "init.mat"
-    coarse = [ants.resample_image(img, (4.0, 4.0, 4.0), False, 0) for img in (fixed, moving)]
-    ants.affine_initializer(coarse[0], coarse[1], search_factor=15, radian_fraction=0.5, txfn=str(path))
-    return str(path) if path.is_file() else None
+    coarse = [ants.resample_image(img, (_SEARCH_MM,) * 3, False, 0) for img in (fixed, moving)]
+    best: tuple[float, str] | None = None
+    for number, angles in enumerate(_SEARCH_ANGLES):
+        start = _rotated_start(coarse[0], coarse[1], angles, folder / f"start{number}.mat")
+        result = _ants_stage(
+            coarse[0],
+            coarse[1],
+            "Rigid",
+            folder / f"search{number}_",
+            initial_transform=start,
+            aff_iterations=(100,),
+            aff_shrink_factors=(1,),
+            aff_smoothing_sigmas=(1,),
+            aff_random_sampling_rate=0.5,
+        )
+        score = float(ants.image_mutual_information(coarse[0], result["warpedmovout"]))  # lower is better
+        logger.debug("search start %s: mutual information %.4f", angles, score)
+        fa, wa = coarse[0].numpy(), result["warpedmovout"].numpy(); m = fa > 0; print("START", angles, round(score, 4), round(float(np.corrcoef(fa[m], wa[m])[0, 1]), 3))
+        if best is None or score < best[0]:
+            best = (score, str(result["fwdtransforms"][0]))
+    return None if best is None else best[1]
+
+
+def _rotated_start(fixed: Any, moving: Any, angles: tuple[float, float, float], path: Path) -> str:
+    """Write an ITK rigid start: centres of mass aligned, then rotated by ``angles`` (degrees about x, y, z)."""
+    import ants
+
+    a, b, c = np.deg2rad(angles)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    centre_fixed = np.asarray(ants.get_center_of_mass(fixed), dtype=np.float64)
+    centre_moving = np.asarray(ants.get_center_of_mass(moving), dtype=np.float64)
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        dimension=3,
+        matrix=rz @ ry @ rx,
+        center=tuple(centre_fixed),
+        translation=tuple(centre_moving - centre_fixed),
+    )
+    ants.write_transform(tx, str(path))
+    return str(path)
 
 
 def _syn_stage(fixed: Any, moving: Any, affine: Path, folder: Path, opts: RegistrationOptions) -> tuple[Path, Path]:

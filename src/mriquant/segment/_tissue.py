@@ -36,8 +36,8 @@ from mriquant.core.image import Image, LabelImage
 from mriquant.segment.base import Segmentation
 
 __all__ = [
-    "CONTRAST_ORDER",
     "CONTRAST_HELP",
+    "CONTRAST_ORDER",
     "TISSUES",
     "ContrastName",
     "Histogram",

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment._tissue import (
+    CONTRAST_HELP,
     CONTRAST_ORDER,
     ContrastName,
     Histogram,
@@ -43,7 +44,6 @@ from mriquant.segment._tissue import (
     box_sum,
     check_choice,
     class_means,
-    contrast_field,
     order_to_tissues,
     resolve_contrast,
 )
@@ -60,7 +60,7 @@ F64 = npt.NDArray[np.float64]
 class FCMOptions:
     """Options of ``fcm``."""
 
-    contrast: ContrastName = contrast_field()
+    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     m: float = field(default=2.0, metadata={"help": "Fuzziness exponent m > 1 (2 is the usual choice)"})
     spatial_weight: float = field(
         default=0.5, metadata={"help": "FCM_S neighbourhood weight alpha (0 = plain fuzzy c-means)"}

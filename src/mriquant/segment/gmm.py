@@ -27,6 +27,7 @@ import numpy.typing as npt
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment._tissue import (
+    CONTRAST_HELP,
     CONTRAST_ORDER,
     ContrastName,
     Histogram,
@@ -34,7 +35,6 @@ from mriquant.segment._tissue import (
     assemble,
     check_choice,
     class_means,
-    contrast_field,
     order_to_tissues,
     resolve_contrast,
     softmax_rows,
@@ -52,7 +52,7 @@ F64 = npt.NDArray[np.float64]
 class GMMOptions:
     """Options of ``gmm``."""
 
-    contrast: ContrastName = contrast_field()
+    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     max_iter: int = field(default=300, metadata={"help": "Most EM iterations"})
     tol: float = field(default=1e-6, metadata={"help": "Stop when the mean log-likelihood per voxel gains less"})
 

@@ -20,7 +20,6 @@ Lloyd, S. P. (1982). Least squares quantization in PCM. IEEE Trans. Inf. Theory 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +27,7 @@ import numpy.typing as npt
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment._tissue import (
+    CONTRAST_HELP,
     CONTRAST_ORDER,
     ContrastName,
     Histogram,
@@ -35,7 +35,6 @@ from mriquant.segment._tissue import (
     assemble,
     check_choice,
     class_means,
-    contrast_field,
     order_to_tissues,
     quantile_centres,
     resolve_contrast,
@@ -52,7 +51,7 @@ F64 = npt.NDArray[np.float64]
 class KMeansOptions:
     """Options of ``kmeans``."""
 
-    contrast: ContrastName = contrast_field()
+    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     max_iter: int = field(default=100, metadata={"help": "Most Lloyd iterations"})
     temperature: float = field(
         default=1.0, metadata={"help": "Softness of the probabilities, in units of the pooled within-class variance"}

@@ -27,6 +27,17 @@ the brain mask, off a thin midline slab, and within ``margin_mm`` of the initial
 refine a brain outline from the brain mask, grown (or, negative, shrunk) by ``mask_offset_mm``,
 labelled ``label``. ``extras["phi"]`` is the final level-set function ``u`` as float32.
 
+**Defaults and measurements** (MICCAI 2012 training set, 15 T1 scans at 1 mm; bench/region.py).
+Chan-Vese with ``lambda1 = 2`` (the decision threshold sits nearer the CSF mean, which keeps the
+caudate's grey matter out) and no curvature smoothing for ventricles: at 1 mm the curvature
+operator erodes the thin frontal and occipital horns (mean Dice 0.77 with one smoothing step
+against 0.84 without). Initialised by region growing it gains most where growing stopped short
+of the partial-volume border. The geodesic model is meant for outlines with real edges (brain
+refinement): on the T2 phantom a brain mask grown by 4 mm comes back to Dice 0.99 (2 mm) and
+1.00 (1 mm); on T1 the CSF/skull boundary is too weak an edge and the contour settles on the
+pial surface. The narrow band matches scikit-image's whole-array operators (Dice 0.999 for
+Chan-Vese) at a quarter to a half of their time on a 2 mm head.
+
 References
 ----------
 .. [1] T. F. Chan and L. A. Vese, "Active contours without edges", IEEE Trans. Image Process.
@@ -47,6 +58,7 @@ Examples
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +74,7 @@ from mriquant.segment.base import Segmentation, Segmenter, register
 from mriquant.segment.region_growing import (
     RegionGrowingOptions,
     ball,
+    check_seeds_in_mask,
     fill_label_holes,
     grow,
     place,
@@ -109,7 +122,7 @@ class LevelSetOptions:
     )
     lambda2: float = field(default=1.0, metadata={"help": "chan-vese weight of the outside fit"})
     balloon: float = field(
-        default=0.5, metadata={"help": "geodesic balloon strength; expands from seeds, shrinks from a mask"}
+        default=1.0, metadata={"help": "geodesic balloon strength; expands from seeds, shrinks from a mask"}
     )
     threshold: float = field(
         default=0.0, metadata={"help": "geodesic: edge-image level where the balloon acts; 0: 40th percentile"}
@@ -136,6 +149,8 @@ class LevelSetOptions:
                 f"Expected model chan-vese|geodesic and target ventricles|brain, found {self.model!r}, "
                 f"{self.target!r}; fix --model / --target."
             )
+        if self.contrast not in ("T1", "T2"):
+            raise InputError(f"Expected contrast T1 (CSF dark) or T2 (CSF bright), found {self.contrast!r}.")
         if self.init not in ("region-growing", "seeds"):
             raise InputError(f"Expected init region-growing or seeds, found {self.init!r}.")
         if self.iterations < 0 or self.smoothing < -1 or min(self.seed_radius_mm, self.edge_sigma_mm) <= 0:
@@ -205,6 +220,8 @@ class NarrowBand:
         self.band = self._flat_indices(self.in_band)
         self.flips = 0
         self._mark = np.zeros(self.u.size, dtype=bool)
+        #: Called with (band, changed indices) after every update (running statistics hook in).
+        self.listeners: list[Callable[[NarrowBand, Flat], None]] = []
 
     def neighbours(self, idx: Flat) -> npt.NDArray[np.uint8]:
         """Values ``(N, 27)`` of the 3x3x3 neighbourhoods of flat indices ``idx``."""
@@ -230,6 +247,8 @@ class NarrowBand:
         nb = self.neighbours(affected)
         self.in_band[affected] = np.any(nb, axis=1) & ~np.all(nb, axis=1)
         self.band = self._flat_indices(self.in_band)
+        for listener in self.listeners:
+            listener(self, changed)
         return changed
 
     def _flat_indices(self, mask: BoolArray) -> Flat:
@@ -277,7 +296,7 @@ def _front(band: NarrowBand) -> tuple[Flat, npt.NDArray[np.uint8], BoolArray]:
 
 @dataclass
 class ChanVeseState:
-    """Running sums of the Chan-Vese means over the working domain."""
+    """Running sums of the Chan-Vese means over the working domain (kept current by the band)."""
 
     values: FloatArray  # flat, padded
     domain_sum: float
@@ -290,8 +309,10 @@ class ChanVeseState:
         """Sums over the domain (``band.allowed``) and the initial inside."""
         flat = band.flat(values).astype(np.float32)
         inside = band.u.astype(bool)
-        return cls(flat, float(flat[band.allowed].sum(dtype=np.float64)), int(band.allowed.sum()),
-                   float(flat[inside].sum(dtype=np.float64)), int(inside.sum()))
+        state = cls(flat, float(flat[band.allowed].sum(dtype=np.float64)), int(band.allowed.sum()),
+                    float(flat[inside].sum(dtype=np.float64)), int(inside.sum()))
+        band.listeners.append(state.account)  # smoothing flips count too
+        return state
 
     def means(self) -> tuple[float, float]:
         """``(c1, c0)``: mean inside and outside the contour."""
@@ -315,9 +336,7 @@ def chan_vese_step(band: NarrowBand, state: ChanVeseState, lambda1: float, lambd
     new = nb[:, 13].copy()
     new[moving & (force < 0)] = 1
     new[moving & (force > 0)] = 0
-    changed = band.update(idx, new)
-    state.account(band, changed)
-    return int(changed.size)
+    return int(band.update(idx, new).size)
 
 
 @dataclass
@@ -399,6 +418,7 @@ def _ventricle_start(image: Image, mask: LabelImage | None, opts: LevelSetOption
     """Initial contour for ``target="ventricles"``: region growing or seed spheres."""
     brain = _seeds.brain_or_foreground(image, mask)
     plan = plan_seeds(image, mask, opts.seeds, opts.contrast)
+    check_seeds_in_mask(plan, brain)
     if opts.init == "region-growing":
         rg_opts = RegionGrowingOptions(seeds=opts.seeds, contrast=opts.contrast, midline_gap_mm=opts.midline_gap_mm)
         labels, box, grown = grow(image, mask, rg_opts, plan)
@@ -418,10 +438,10 @@ def _ventricle_start(image: Image, mask: LabelImage | None, opts: LevelSetOption
 def _brain_start(image: Image, mask: LabelImage | None, opts: LevelSetOptions) -> Start:
     """Initial contour for ``target="brain"``: the brain mask grown or shrunk by ``mask_offset_mm``."""
     brain = _seeds.brain_or_foreground(image, mask)
-    if opts.mask_offset_mm != 0:
-        outside_mm = ndimage.distance_transform_edt(~brain, sampling=image.spacing)
-        inside_mm = ndimage.distance_transform_edt(brain, sampling=image.spacing)
-        brain = outside_mm <= opts.mask_offset_mm if opts.mask_offset_mm > 0 else inside_mm > -opts.mask_offset_mm
+    if opts.mask_offset_mm > 0:
+        brain = ndimage.distance_transform_edt(~brain, sampling=image.spacing) <= opts.mask_offset_mm
+    elif opts.mask_offset_mm < 0:
+        brain = ndimage.distance_transform_edt(brain, sampling=image.spacing) > -opts.mask_offset_mm
     if not np.any(brain):
         raise InputError(f"Expected a brain mask left after shrinking by {-opts.mask_offset_mm} mm, found none.")
     allowed = np.ones(image.shape, dtype=bool)
@@ -430,8 +450,8 @@ def _brain_start(image: Image, mask: LabelImage | None, opts: LevelSetOptions) -
 
 def _work_box(start: Start, image: Image, margin_mm: float) -> Box:
     """Bounding box of the initial inside grown by ``margin_mm`` (per-axis voxel margins)."""
-    margin = tuple(int(np.ceil(margin_mm / s)) + 1 for s in image.spacing)
-    return _seeds.bounding_box(start.inside | _seed_marks(start, image.shape), margin)  # type: ignore[arg-type]
+    ni, nj, nk = (int(np.ceil(margin_mm / s)) + 1 for s in image.spacing)
+    return _seeds.bounding_box(start.inside | _seed_marks(start, image.shape), (ni, nj, nk))
 
 
 def _seed_marks(start: Start, shape: tuple[int, int, int]) -> BoolArray:
@@ -471,7 +491,7 @@ class LevelSet(Segmenter):
         opts: LevelSetOptions = self.options
         start = _ventricle_start(image, mask, opts) if opts.target == "ventricles" else _brain_start(image, mask, opts)
         box = _work_box(start, image, opts.margin_mm)
-        values = _seeds.contrast_adjusted(image.array[box], "T1")
+        values = np.asarray(image.array[box], dtype=np.float32)
         band = NarrowBand(start.inside[box], start.allowed[box])
         balloon = abs(opts.balloon) if opts.target == "ventricles" else -abs(opts.balloon)
         with np.errstate(all="raise", under="ignore"):

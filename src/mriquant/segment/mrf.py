@@ -75,6 +75,7 @@ from scipy import special
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment._tissue import (
+    CONTRAST_HELP,
     CONTRAST_ORDER,
     TISSUES,
     ContrastName,
@@ -84,10 +85,8 @@ from mriquant.segment._tissue import (
     box_sum,
     check_choice,
     class_means,
-    contrast_field,
     neighbour_sum,
     resolve_contrast,
-    softmax_rows,
 )
 from mriquant.segment.base import Segmentation, Segmenter, register
 from mriquant.segment.kmeans import kmeans_1d
@@ -98,10 +97,12 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PriorChoice = Literal["mni", "none"]
 RegistrationChoice = Literal["masks", "ants"]
-VarianceChoice = Literal["class", "tied"]
+VarianceChoice = Literal["auto", "class", "tied"]
 
 #: Smallest prior probability of any tissue (before renormalising), so atlas errors stay recoverable.
 PRIOR_FLOOR = 0.02
+#: Voxels whose corrected intensity lies further than this many SD from their class mean do not inform the bias.
+BIAS_OUTLIER_SD = 2.5
 #: Voxels used to fit the bias polynomial (a regular subsample of the mask).
 BIAS_SAMPLES = 200_000
 
@@ -110,7 +111,7 @@ BIAS_SAMPLES = 200_000
 class MRFOptions:
     """Options of ``mrf``."""
 
-    contrast: ContrastName = contrast_field()
+    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     beta: float = field(default=0.2, metadata={"help": "Potts MRF weight per neighbour (0 = no spatial prior)"})
     neighbourhood: int = field(default=6, metadata={"help": "MRF neighbourhood: 6 (faces) or 26 (3x3x3 box)"})
     priors: PriorChoice = field(default="mni", metadata={"help": "Atlas priors: mni (registered MNI152) or none"})
@@ -120,7 +121,9 @@ class MRFOptions:
         metadata={"help": "Prior registration: masks (brain-mask affine, any contrast, fast) or ants (T1 MI affine)"},
     )
     variance: VarianceChoice = field(
-        default="class", metadata={"help": "Class variances: class (one per tissue) or tied (one shared)"}
+        default="auto",
+        metadata={"help": "Class variances: class (one per tissue), tied (one shared), or auto (tied when the "
+                          "classes are in T1 order CSF<GM<WM, else class)"},
     )
     bias: bool = field(default=True, metadata={"help": "Re-estimate a smooth multiplicative bias field in EM"})
     bias_order: int = field(default=3, metadata={"help": "Total degree of the bias polynomial (1 to 6)"})
@@ -132,14 +135,15 @@ class MRFOptions:
         check_choice("contrast", self.contrast, (*CONTRAST_ORDER, "auto"))
         check_choice("priors", self.priors, ("mni", "none"))
         check_choice("registration", self.registration, ("masks", "ants"))
-        check_choice("variance", self.variance, ("class", "tied"))
+        check_choice("variance", self.variance, ("auto", "class", "tied"))
         check_choice("neighbourhood", self.neighbourhood, (6, 26))
         check_choice("bias_order", self.bias_order, tuple(range(1, 7)))
         if not (self.beta >= 0 and self.prior_weight >= 0 and self.bias_every >= 1 and self.max_iter >= 1
                 and self.tol > 0):
             raise InputError(
                 f"Expected beta >= 0, prior_weight >= 0, bias_every >= 1, max_iter >= 1 and tol > 0, found "
-                f"{self.beta}, {self.prior_weight}, {self.bias_every}, {self.max_iter}, {self.tol}; fix the mrf options."
+                f"{self.beta}, {self.prior_weight}, {self.bias_every}, {self.max_iter}, {self.tol}; "
+                "fix the mrf options."
             )
 
 
@@ -222,8 +226,10 @@ class BiasModel:
     def build(cls, region: Region, order: int) -> BiasModel:
         """Basis of total degree ``order`` on ``region``'s box and its subsample design matrix."""
         coords = region.coordinates()
-        axes = tuple(np.polynomial.legendre.legvander(c.astype(np.float64), order) for c in coords)
-        terms = [t for t in itertools.product(range(order + 1), repeat=3) if sum(t) <= order]
+        vx, vy, vz = (np.asarray(np.polynomial.legendre.legvander(c.astype(np.float64), order), np.float64)
+                      for c in coords)
+        axes = (vx, vy, vz)
+        terms = [(a, b, c) for a, b, c in itertools.product(range(order + 1), repeat=3) if a + b + c <= order]
         step = max(1, region.n // BIAS_SAMPLES)
         sample = np.arange(0, region.n, step, dtype=np.intp)
         ijk = [a[sample] for a in np.nonzero(region.inside)]
@@ -247,29 +253,26 @@ class BiasModel:
         return np.asarray(out, dtype=np.float32)
 
 
-def _bias_residual(values: F32, probs: F32, classes: Classes) -> tuple[F64, F64]:
-    """Log ratio of intensity to the expected class mean, and its inverse-variance weight, per voxel."""
-    import os
-    mode = os.environ.get("BIASMODE", "all")
-    if mode == "wm":
-        y = values.astype(np.float64)
-        w = probs[2].astype(np.float64)
-        w = np.where(w > 0.9, w, 0.0)
-        ok = (y > 0)
-        return np.where(ok, np.log(np.where(ok, y, 1.0) / classes.means[2]), 0.0), np.where(ok, w, 0.0)
+def _bias_residual(values: F32, bias: F32, probs: F32, classes: Classes) -> tuple[F64, F64]:
+    """Log ratio of intensity to the expected class mean, and its inverse-variance weight, per voxel (S,).
+
+    ``probs`` is (3, S). Voxels further than :data:`BIAS_OUTLIER_SD` standard deviations from
+    their expected mean (vessels, lesions, partial volume tails) get weight 0.
+    """
     precision = probs.T.astype(np.float64) / classes.variances[None, :]
     total = precision.sum(axis=1)
     target = (precision @ classes.means) / total
     y = values.astype(np.float64)
-    ok = (y > 0) & (target > 0)
+    z = (y / bias.astype(np.float64) - target) * np.sqrt(total)
+    ok = (y > 0) & (target > 0) & (np.abs(z) < BIAS_OUTLIER_SD)
     residual = np.where(ok, np.log(np.where(ok, y, 1.0) / np.where(ok, target, 1.0)), 0.0)
     return residual, np.where(ok, total * target**2, 0.0)
 
 
-def estimate_bias(model: BiasModel, region: Region, probs: F32, classes: Classes) -> tuple[F32, F64]:
+def estimate_bias(model: BiasModel, region: Region, bias: F32, probs: F32, classes: Classes) -> tuple[F32, F64]:
     """Fit the log-bias to the current posteriors; return the field at the N voxels (mean log 0) and coefficients."""
     s = model.sample
-    residual, weight = _bias_residual(region.values[s], probs[:, s], classes)
+    residual, weight = _bias_residual(region.values[s], bias[s], probs[:, s], classes)
     coef = model.fit(residual, weight)
     log_field = model.evaluate(coef)[region.inside]
     shift = float(log_field.mean(dtype=np.float64))
@@ -322,6 +325,7 @@ class EMState:
     classes: Classes
     bias: F32
     coef: F64 | None = None
+    tied: bool = False
     iterations: int = 0
     converged: bool = False
     history: list[float] = field(default_factory=list)
@@ -344,8 +348,8 @@ def run_em(region: Region, state: EMState, log_prior: F32 | None, opts: MRFOptio
     floor = 1e-4 * float(np.var(region.values, dtype=np.float64))
     for iteration in range(1, opts.max_iter + 1):
         if model is not None and (iteration - 1) % opts.bias_every == 0:
-            state.bias, state.coef = estimate_bias(model, region, state.probs, state.classes)
-        state.classes = Classes.fit(region.values / state.bias, state.probs, floor, opts.variance == "tied")
+            state.bias, state.coef = estimate_bias(model, region, state.bias, state.probs, state.classes)
+        state.classes = Classes.fit(region.values / state.bias, state.probs, floor, state.tied)
         new = _e_step(region, state, neighbours, log_prior, opts)
         change = float(np.mean(np.abs(new - state.probs), dtype=np.float64))
         state.probs, state.iterations = new, iteration
@@ -353,7 +357,7 @@ def run_em(region: Region, state: EMState, log_prior: F32 | None, opts: MRFOptio
         if change < opts.tol:
             state.converged = True
             break
-    state.classes = Classes.fit(region.values / state.bias, state.probs, floor, opts.variance == "tied")
+    state.classes = Classes.fit(region.values / state.bias, state.probs, floor, state.tied)
     return state
 
 
@@ -499,11 +503,16 @@ def _normal_pdf(y: F32, mu: float, sd: float) -> F32:
 # --------------------------------------------------------------------------- segmenter
 
 
-def _initial_state(region: Region, classes: Classes, log_prior: F32 | None) -> EMState:
+def _initial_state(region: Region, classes: Classes, log_prior: F32 | None, variance: str) -> EMState:
+    """Posteriors of the initial classes; ``tied`` resolved from ``variance`` (auto: tied in T1 order)."""
+    t1_order = bool(classes.means[0] < classes.means[1] < classes.means[2])
+    tied = variance == "tied" or (variance == "auto" and t1_order)
+    if tied:
+        classes = Classes(classes.means, np.full(3, float(classes.variances.mean())))
     logits = classes.logits(region.values)
     if log_prior is not None:
         logits += log_prior
-    return EMState(softmax_classes(logits), classes, np.ones(region.n, dtype=np.float32))
+    return EMState(softmax_classes(logits), classes, np.ones(region.n, dtype=np.float32), tied=tied)
 
 
 @register
@@ -527,7 +536,7 @@ class MRFSegmenter(Segmenter):
             info.update(prior_info)
         classes, info["contrast"] = _initial_classes(region, image, opts, priors)
         log_prior = None if priors is None or opts.prior_weight == 0 else np.float32(opts.prior_weight) * np.log(priors)
-        state = run_em(region, _initial_state(region, classes, log_prior), log_prior, opts)
+        state = run_em(region, _initial_state(region, classes, log_prior, opts.variance), log_prior, opts)
         corrected = region.values / state.bias
         pve = partial_volumes(region, corrected, state.probs, state.classes)
         extras: dict[str, npt.NDArray[Any]] = {f"pve_{name}": pve[k] for k, name in enumerate(TISSUES)}
@@ -541,6 +550,7 @@ class MRFSegmenter(Segmenter):
 def _em_info(state: EMState, corrected: F32) -> dict[str, Any]:
     return {
         "iterations": state.iterations,
+        "variance": "tied" if state.tied else "class",
         "converged": state.converged,
         "final_change": state.history[-1] if state.history else None,
         "class_means": dict(zip(TISSUES, state.classes.means.tolist(), strict=True)),

