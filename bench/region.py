@@ -57,8 +57,23 @@ from mriquant.io import read_image, read_labels
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MICCAI = DATA / "miccai2012" / "train"
 RESULTS = Path(__file__).resolve().parent / "region_results"
-SUBJECTS = ("1000", "1001", "1002", "1006", "1007", "1008", "1009", "1010", "1011", "1012", "1013", "1014",
-            "1015", "1017", "1036")
+SUBJECTS = (
+    "1000",
+    "1001",
+    "1002",
+    "1006",
+    "1007",
+    "1008",
+    "1009",
+    "1010",
+    "1011",
+    "1012",
+    "1013",
+    "1014",
+    "1015",
+    "1017",
+    "1036",
+)
 METHODS = ("region-growing", "level-set", "sitk-confidence", "threshold-cc")
 LEFT, RIGHT = 4, 43
 
@@ -253,37 +268,42 @@ def _versions() -> str:
 
     import mriquant
 
-    return (f"mriquant {mriquant.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
-            f"scikit-image {skimage.__version__}, SimpleITK {sitk.Version.VersionString()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"mriquant {mriquant.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"scikit-image {skimage.__version__}, SimpleITK {sitk.Version.VersionString()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
-def report(rows: list[dict[str, Any]], methods: list[str], subjects: list[str], hits: list[tuple[bool, bool]],
-           wall: float) -> str:
+def report(
+    rows: list[dict[str, Any]], methods: list[str], subjects: list[str], hits: list[tuple[bool, bool]], wall: float
+) -> str:
     """The markdown report: summary, seed placement, per-subject Dice, errors and conditions."""
     errors = [f"- {r['method']} on {r['case']}: {r['error']}" for r in rows if "error" in r]
     placed = sum(a for a, _ in hits) + sum(b for _, b in hits)
-    return "\n".join([
-        "# Lateral ventricles: region methods vs peers (MICCAI 2012 training, 1 mm T1)",
-        "",
-        f"{len(subjects)} subjects; truth `_glm` 52 -> 4 (left), 51 -> 43 (right). Automatic seeds inside the "
-        f"true ventricle: {placed} of {2 * len(subjects)}.",
-        "",
-        summary_table(rows, methods),
-        "",
-        "Dice: mean ± sd (min) over subjects; HD95: median over subjects (95th percentile of the pooled symmetric "
-        "surface distances, mm); s: wall time of the call in a forked child (seed finding included); "
-        "+RSS: peak resident memory of the child minus its memory at the start.",
-        "",
-        "## Dice per subject (left / right)",
-        "",
-        subject_table(rows, methods, subjects),
-        "",
-        *(["## Errors", "", *errors, ""] if errors else []),
-        f"Run {time.strftime('%Y-%m-%d %H:%M')} in {wall / 60:.1f} min on {os.cpu_count()} CPUs shared with other "
-        f"work (load average at the end {os.getloadavg()[0]:.1f}); {_versions()}.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Lateral ventricles: region methods vs peers (MICCAI 2012 training, 1 mm T1)",
+            "",
+            f"{len(subjects)} subjects; truth `_glm` 52 -> 4 (left), 51 -> 43 (right). Automatic seeds inside the "
+            f"true ventricle: {placed} of {2 * len(subjects)}.",
+            "",
+            summary_table(rows, methods),
+            "",
+            "Dice: mean ± sd (min) over subjects; HD95: median over subjects (95th percentile of the pooled symmetric "
+            "surface distances, mm); s: wall time of the call in a forked child (seed finding included); "
+            "+RSS: peak resident memory of the child minus its memory at the start.",
+            "",
+            "## Dice per subject (left / right)",
+            "",
+            subject_table(rows, methods, subjects),
+            "",
+            *(["## Errors", "", *errors, ""] if errors else []),
+            f"Run {time.strftime('%Y-%m-%d %H:%M')} in {wall / 60:.1f} min on {os.cpu_count()} CPUs shared with other "
+            f"work (load average at the end {os.getloadavg()[0]:.1f}); {_versions()}.",
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -308,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             row = measure(method, case)
             rows.append(row)
-            detail = row.get("error") or f"Dice {row.get('dice_L', 0):.3f} / {row.get('dice_R', 0):.3f}, " \
-                                         f"{row['seconds']:.1f} s"
+            detail = (
+                row.get("error")
+                or f"Dice {row.get('dice_L', 0):.3f} / {row.get('dice_R', 0):.3f}, {row['seconds']:.1f} s"
+            )
             print(f"{subject} {method:16s} {detail}", file=sys.stderr, flush=True)
     text = report(rows, args.methods, args.subjects, hits, time.perf_counter() - t0)
     print(text)

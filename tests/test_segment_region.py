@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -46,11 +47,13 @@ def _label_at(labels: LabelImage, image: Image, world: tuple[float, float, float
     ("orientation", "rotation", "contrast"),
     [("RAS", (0.0, 0.0, 0.0), "T1"), ("LIA", (8.0, -5.0, 4.0), "T1"), ("PSR", (0.0, 0.0, 0.0), "T2")],
 )
-def test_ventricle_seeds_land_in_the_phantom_ventricles(orientation: str, rotation: tuple[float, float, float],
-                                                        contrast: str) -> None:
-    ph = make_phantom(PhantomSpec(spacing=(2.0, 2.0, 2.0), orientation=orientation, rotation=rotation,
-                                  contrast=contrast))  # type: ignore[arg-type]
-    seeds = find_ventricle_seeds(ph.image, ph.brain_mask, contrast=contrast)  # type: ignore[arg-type]
+def test_ventricle_seeds_land_in_the_phantom_ventricles(
+    orientation: str, rotation: tuple[float, float, float], contrast: Literal["T1", "T2"]
+) -> None:
+    ph = make_phantom(
+        PhantomSpec(spacing=(2.0, 2.0, 2.0), orientation=orientation, rotation=rotation, contrast=contrast)
+    )
+    seeds = find_ventricle_seeds(ph.image, ph.brain_mask, contrast=contrast)
     assert _label_at(ph.structures, ph.image, seeds.left) == LEFT
     assert _label_at(ph.structures, ph.image, seeds.right) == RIGHT
     assert seeds.left[0] < seeds.midline.point[0] < seeds.right[0]

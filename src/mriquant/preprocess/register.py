@@ -11,10 +11,13 @@ How :func:`register_to_mni` works (the ordering matters):
    ``options.resolution_mm`` (2 mm). The template is the brain-extracted MNI152 2009a T1 at
    the same resolution. Registering at 2 mm is about 8x cheaper than at 1 mm and loses
    little: the result is a physical-space transform, applied later to 1 mm (or any) grids.
-2. Initialisation aligns the centres of mass (ANTs ``[fixed, moving, 1]``), or, with
-   ``options.init="search"``, runs ANTs' multi-start rotation search first.
-3. Rigid (Mattes mutual information, multi-resolution), then affine from the rigid result,
-   then for ``kind="syn"`` a SyN stage on top of the affine.
+2. Initialisation (``options.init="search"``): centres of mass aligned, then a coarse 6 mm
+   rigid registration; if that correlates poorly with the template, it is retried from
+   starts rotated by 30 degrees about each axis and the best is kept. (ANTs' own
+   ``affine_initializer`` was tried and failed on whole-head scans against the brain
+   template.)
+3. One rigid or affine stage (Mattes mutual information, 3 levels: 8, 4, 2 mm), then for
+   ``kind="syn"`` a SyN stage (Mattes, 8, 4, 2 mm) on top of the affine.
 4. The result is checked (:func:`registration_quality` and the affine's scale factors);
    a failed registration raises :class:`RegistrationError`.
 
@@ -94,7 +97,9 @@ _SEARCH_ANGLES: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.0, -30.0),
 )
 #: Grid (mm) of the search's coarse rigid registrations.
-_SEARCH_MM = 6.0
+SEARCH_MM = 6.0
+#: Correlation with the template (coarse grid, inside the template) that accepts a start without trying others.
+SEARCH_ACCEPT_NCC = 0.4
 _LPS = np.diag([-1.0, -1.0, 1.0])
 _FORMAT = "mriquant.transform"
 _ORDER_NOTE = (
@@ -123,8 +128,8 @@ class RegistrationOptions:
     sampling_rate : float
         Fraction of template voxels the linear stages sample (Mattes mutual information).
     linear_iterations, linear_shrink, linear_smoothing : tuple of int
-        Iterations, shrink factors and smoothing sigmas (voxels) per level of the rigid and
-        affine stages (ANTs ``--convergence``, ``--shrink-factors``, ``--smoothing-sigmas``).
+        Iterations, shrink factors and smoothing sigmas (voxels) per level of the rigid or
+        affine stage (ANTs ``--convergence``, ``--shrink-factors``, ``--smoothing-sigmas``).
     syn_iterations : tuple of int
         SyN iterations per level; levels are shrunk 2^(n-1), ..., 2, 1 (ANTsPy convention).
     syn_metric : str
@@ -134,8 +139,9 @@ class RegistrationOptions:
     flow_sigma, total_sigma : float
         SyN regularisation of the update and total fields (voxels of the registration grid).
     init : str
-        ``"com"`` (centres of mass) or ``"search"`` (multi-start rotation search, slower; for
-        scans tilted by more than ~30 degrees).
+        ``"search"`` (a coarse rigid registration from the centres of mass, retried from
+        rotated starts if it fails; handles tilts of 40 degrees and long necks) or ``"com"``
+        (centres of mass only; ~0.5 s faster, fails for large tilts).
     seed : int
         ANTs random seed (non-zero).
     min_ncc : float
@@ -156,9 +162,9 @@ class RegistrationOptions:
     syn_sampling: int = 32
     flow_sigma: float = 3.0
     total_sigma: float = 0.0
-    init: str = "com"
+    init: str = "search"
     seed: int = 20120
-    min_ncc: float = 0.25
+    min_ncc: float = 0.4
     scale_range: tuple[float, float] = (0.5, 2.0)
 
     def __post_init__(self) -> None:
@@ -580,50 +586,63 @@ def _ants_stage(fixed: Any, moving: Any, transform_type: str, prefix: Path, **kw
     return result
 
 
-def _linear_stages(fixed: Any, moving: Any, kind: str, folder: Path, opts: RegistrationOptions) -> Path:
-    """Initialise, then rigid (and affine) stages; return the affine ``.mat`` (template -> subject points)."""
-    levels = {
-        "aff_iterations": opts.linear_iterations,
-        "aff_shrink_factors": opts.linear_shrink,
-        "aff_smoothing_sigmas": opts.linear_smoothing,
-        "aff_random_sampling_rate": opts.sampling_rate,
-    }
+def _linear_stage(fixed: Any, moving: Any, kind: str, folder: Path, opts: RegistrationOptions) -> Path:
+    """Initialise, then one rigid or affine stage; return the ``.mat`` (template -> subject points)."""
     initial = _initial_transform(fixed, moving, folder, opts)
-    rigid = _ants_stage(fixed, moving, "Rigid", folder / "rigid_", initial_transform=initial, **levels)
-    matrix = str(rigid["fwdtransforms"][0])
-    if kind != "rigid":
-        affine = _ants_stage(fixed, moving, "Affine", folder / "affine_", initial_transform=matrix, **levels)
-        matrix = str(affine["fwdtransforms"][0])
-    return Path(matrix)
+    result = _ants_stage(
+        fixed,
+        moving,
+        "Rigid" if kind == "rigid" else "Affine",
+        folder / "linear_",
+        initial_transform=initial,
+        aff_iterations=opts.linear_iterations,
+        aff_shrink_factors=opts.linear_shrink,
+        aff_smoothing_sigmas=opts.linear_smoothing,
+        aff_random_sampling_rate=opts.sampling_rate,
+    )
+    return Path(result["fwdtransforms"][0])
 
 
 def _initial_transform(fixed: Any, moving: Any, folder: Path, opts: RegistrationOptions) -> str | None:
-    """``None`` lets ANTs align centres of mass; ``"search"`` picks the best of several rotated starts."""
+    """Starting transform: ``None`` lets ANTs align centres of mass (``init="com"``).
+
+    ``init="search"``: a coarse (:data:`SEARCH_MM`) rigid registration from the centres of
+    mass; if it correlates poorly with the template (< :data:`SEARCH_ACCEPT_NCC`), further
+    starts rotated by 30 degrees about each axis are tried and the best one is kept.
+    """
     if opts.init == "com":
         return None
     import ants
 
-    coarse = [ants.resample_image(img, (_SEARCH_MM,) * 3, False, 0) for img in (fixed, moving)]
-    best: tuple[float, str] | None = None
+    coarse = [ants.resample_image(img, (SEARCH_MM,) * 3, False, 0) for img in (fixed, moving)]
+    best = (-np.inf, "")
     for number, angles in enumerate(_SEARCH_ANGLES):
-        start = _rotated_start(coarse[0], coarse[1], angles, folder / f"start{number}.mat")
-        result = _ants_stage(
-            coarse[0],
-            coarse[1],
-            "Rigid",
-            folder / f"search{number}_",
-            initial_transform=start,
-            aff_iterations=(100,),
-            aff_shrink_factors=(1,),
-            aff_smoothing_sigmas=(1,),
-            aff_random_sampling_rate=0.5,
-        )
-        score = float(ants.image_mutual_information(coarse[0], result["warpedmovout"]))  # lower is better
-        logger.debug("search start %s: mutual information %.4f", angles, score)
-        fa, wa = coarse[0].numpy(), result["warpedmovout"].numpy(); m = fa > 0; print("START", angles, round(score, 4), round(float(np.corrcoef(fa[m], wa[m])[0, 1]), 3))
-        if best is None or score < best[0]:
-            best = (score, str(result["fwdtransforms"][0]))
-    return None if best is None else best[1]
+        ncc, path = _coarse_rigid(coarse[0], coarse[1], angles, folder / f"search{number}_")
+        logger.debug("search start %s: ncc %.3f", angles, ncc)
+        best = max(best, (ncc, path))
+        if ncc >= SEARCH_ACCEPT_NCC:
+            break
+    return best[1]
+
+
+def _coarse_rigid(fixed: Any, moving: Any, angles: tuple[float, float, float], prefix: Path) -> tuple[float, str]:
+    """Rigid registration on the coarse grid from a rotated start; return (correlation, ``.mat`` path)."""
+    start = _rotated_start(fixed, moving, angles, Path(f"{prefix}start.mat"))
+    result = _ants_stage(
+        fixed,
+        moving,
+        "Rigid",
+        prefix,
+        initial_transform=start,
+        aff_iterations=(100,),
+        aff_shrink_factors=(1,),
+        aff_smoothing_sigmas=(1,),
+        aff_random_sampling_rate=0.5,
+    )
+    template, warped = fixed.numpy(), result["warpedmovout"].numpy()
+    inside = template > 0
+    ncc = float(np.corrcoef(template[inside], warped[inside])[0, 1]) if np.ptp(warped[inside]) > 0 else -1.0
+    return ncc, str(result["fwdtransforms"][0])
 
 
 def _rotated_start(fixed: Any, moving: Any, angles: tuple[float, float, float], path: Path) -> str:
@@ -754,7 +773,7 @@ def register_to_mni(
     folder = _Folder()
     fixed_ants, moving_ants = to_ants(fixed), to_ants(moving)
     with _ants_seed(opts.seed):
-        affine = _linear_stages(fixed_ants, moving_ants, kind, folder.path, opts)
+        affine = _linear_stage(fixed_ants, moving_ants, kind, folder.path, opts)
         warps = _syn_stage(fixed_ants, moving_ants, affine, folder.path, opts) if kind == "syn" else None
     transform = replace(_build(kind, grid, Grid.of(image), affine, warps), _folders=(folder,))
     quality = _check_result(transform, fixed, fixed_mask, moving, opts)

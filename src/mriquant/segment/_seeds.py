@@ -268,8 +268,9 @@ def _largest_blob(blobs: BoolArray) -> BoolArray | None:
     return np.asarray(labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
 
 
-def deepest_voxel(blob: BoolArray, spacing: tuple[float, float, float],
-                  affine: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+def deepest_voxel(
+    blob: BoolArray, spacing: tuple[float, float, float], affine: npt.NDArray[np.float64]
+) -> npt.NDArray[np.intp]:
     """Index (3,) of the voxel of ``blob`` farthest (in mm) from the blob's surface (rule step 6).
 
     Ties go to the voxel nearest the blob's centroid, then to the smallest world (x, y, z), so

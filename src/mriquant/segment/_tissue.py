@@ -353,7 +353,7 @@ def _full(image: Image, region: Region, values: npt.NDArray[Any]) -> npt.NDArray
 #: Coarse-to-fine levels of the built-in mask registration: (grid spacing mm, Gaussian sigma mm).
 REGISTRATION_LEVELS = ((6.0, 8.0), (4.0, 4.0), (3.0, 2.0))
 #: Most Levenberg-Marquardt iterations per level.
-REGISTRATION_ITERATIONS = 25
+REGISTRATION_ITERATIONS = 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -460,6 +460,8 @@ def _fit_level(fixed: Image, moving: Image, tx: Affine3) -> Affine3:
                 break
         else:
             damping *= 10.0
+            if damping > 1e3:  # no step improves the fit: at a minimum
+                break
     return tx
 
 

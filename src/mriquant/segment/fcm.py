@@ -63,7 +63,7 @@ class FCMOptions:
     contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
     m: float = field(default=2.0, metadata={"help": "Fuzziness exponent m > 1 (2 is the usual choice)"})
     spatial_weight: float = field(
-        default=0.5, metadata={"help": "FCM_S neighbourhood weight alpha (0 = plain fuzzy c-means)"}
+        default=0.0, metadata={"help": "FCM_S neighbourhood weight alpha (0 = plain fuzzy c-means)"}
     )
     max_iter: int = field(default=100, metadata={"help": "Most iterations"})
     tol: float = field(default=1e-4, metadata={"help": "Stop when no centre moves more than tol x intensity range"})

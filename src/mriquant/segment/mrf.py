@@ -112,7 +112,7 @@ class MRFOptions:
     """Options of ``mrf``."""
 
     contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
-    beta: float = field(default=0.2, metadata={"help": "Potts MRF weight per neighbour (0 = no spatial prior)"})
+    beta: float = field(default=0.3, metadata={"help": "Potts MRF weight per neighbour (0 = no spatial prior)"})
     neighbourhood: int = field(default=6, metadata={"help": "MRF neighbourhood: 6 (faces) or 26 (3x3x3 box)"})
     priors: PriorChoice = field(default="mni", metadata={"help": "Atlas priors: mni (registered MNI152) or none"})
     prior_weight: float = field(default=0.5, metadata={"help": "Exponent of the atlas priors (0 = ignore them)"})

@@ -110,8 +110,10 @@ class RegionGrowingOptions:
     sigma_mm: float = field(default=1.0, metadata={"help": "Gaussian pre-smoothing sigma in mm"})
     max_volume_ml: float = field(
         default=200.0,
-        metadata={"help": "leak guard: a pass growing beyond this (mL) is rejected; when the first one does, the "
-                          "multiplier shrinks and growing restarts; 0: off"},
+        metadata={
+            "help": "leak guard: a pass growing beyond this (mL) is rejected; when the first one does, the "
+            "multiplier shrinks and growing restarts; 0: off"
+        },
     )
     bridge_voxels: int = field(
         default=0,
@@ -121,8 +123,11 @@ class RegionGrowingOptions:
         default=2.0, metadata={"help": "automatic seeds: keep the region this far (mm) from the midline plane"}
     )
     max_growth: float = field(
-        default=2.0, metadata={"help": "leak guard: a pass after the first that grows the region more than this "
-                                       "many times is rejected (the previous pass is kept); 0: off"}
+        default=2.0,
+        metadata={
+            "help": "leak guard: a pass after the first that grows the region more than this "
+            "many times is rejected (the previous pass is kept); 0: off"
+        },
     )
     robust: bool = field(
         default=False, metadata={"help": "estimate centre and spread by median and 1.4826 * MAD instead of mean and sd"}
@@ -195,8 +200,9 @@ def seeded_components(voxels: BoolArray, seeds: IntArray) -> BoolArray:
     return np.asarray(np.isin(components, kept[kept > 0]))
 
 
-def grow_pass(values: FloatArray, allowed: BoolArray, seeds: IntArray, bounds: tuple[float, float],
-              bridge: int = 0) -> BoolArray:
+def grow_pass(
+    values: FloatArray, allowed: BoolArray, seeds: IntArray, bounds: tuple[float, float], bridge: int = 0
+) -> BoolArray:
     """One flood: the seeded components of the allowed voxels whose value lies within ``bounds``.
 
     With ``bridge > 0`` the in-bounds voxels are eroded ``bridge`` times first, so bridges up to
@@ -253,8 +259,9 @@ class GrowthRule:
     max_growth: float = 0.0
 
 
-def confidence_connected(values: FloatArray, allowed: BoolArray, seeds: IntArray, footprint: BoolArray,
-                         rule: GrowthRule) -> Grown:
+def confidence_connected(
+    values: FloatArray, allowed: BoolArray, seeds: IntArray, footprint: BoolArray, rule: GrowthRule
+) -> Grown:
     """Grow a confidence-connected region from voxel ``seeds`` ``(N, 3)`` inside ``allowed``.
 
     Parameters
@@ -307,8 +314,13 @@ def presmooth(values: FloatArray, spacing: tuple[float, float, float], options: 
 
 
 def grow_with_guard(
-    values: FloatArray, allowed: BoolArray, seeds: IntArray, footprint: BoolArray, *,
-    options: RegionGrowingOptions, voxel_ml: float,
+    values: FloatArray,
+    allowed: BoolArray,
+    seeds: IntArray,
+    footprint: BoolArray,
+    *,
+    options: RegionGrowingOptions,
+    voxel_ml: float,
 ) -> tuple[Grown, dict[str, Any]]:
     """:func:`confidence_connected` with the leak guard; returns the region and facts for ``info``.
 
@@ -318,16 +330,22 @@ def grow_with_guard(
         If the region exceeds ``options.max_volume_ml`` after :data:`MAX_RETRIES` retries.
     """
     limit = int(options.max_volume_ml / voxel_ml) if options.max_volume_ml > 0 else 0
-    rule = GrowthRule(options.multiplier, options.iterations, options.bridge_voxels, options.robust, limit,
-                      options.max_growth)
+    rule = GrowthRule(
+        options.multiplier, options.iterations, options.bridge_voxels, options.robust, limit, options.max_growth
+    )
     volumes: list[float] = []
     for _ in range(MAX_RETRIES + 1):
         grown = confidence_connected(values, allowed, seeds, footprint, rule)
         volumes.append(float(grown.region.sum()) * voxel_ml)
         if grown.bounds:  # at least the first pass stayed under the limit
-            facts = {"multiplier_used": rule.multiplier, "retries": len(volumes) - 1, "volumes_ml": volumes,
-                     "passes": len(grown.bounds), "stopped_by_leak_guard": grown.leaked,
-                     "bounds": [list(b) for b in grown.bounds]}
+            facts = {
+                "multiplier_used": rule.multiplier,
+                "retries": len(volumes) - 1,
+                "volumes_ml": volumes,
+                "passes": len(grown.bounds),
+                "stopped_by_leak_guard": grown.leaked,
+                "bounds": [list(b) for b in grown.bounds],
+            }
             return grown, facts
         log.info("first pass exceeds %.1f mL; shrinking the multiplier", options.max_volume_ml)
         rule = dataclasses.replace(rule, multiplier=rule.multiplier * SHRINK)
@@ -349,8 +367,9 @@ def fill_label_holes(labels: npt.NDArray[np.int32]) -> None:
         crop[filled & (crop == 0)] = value
 
 
-def side_labels(region: BoolArray, seeds: IntArray, sides: FloatArray,
-                labels: tuple[int, int] = (LEFT_VENTRICLE, RIGHT_VENTRICLE)) -> npt.NDArray[np.int32]:
+def side_labels(
+    region: BoolArray, seeds: IntArray, sides: FloatArray, labels: tuple[int, int] = (LEFT_VENTRICLE, RIGHT_VENTRICLE)
+) -> npt.NDArray[np.int32]:
     """Label a region grown from ``seeds = [left, right]``: by seed, or by midline side otherwise.
 
     A component holding one seed takes that seed's label; a component holding both seeds or
@@ -400,8 +419,9 @@ class SeedPlan:
     info: dict[str, Any]
 
 
-def plan_seeds(image: Image, mask: LabelImage | None, seeds: tuple[tuple[float, float, float], ...],
-               contrast: str) -> SeedPlan:
+def plan_seeds(
+    image: Image, mask: LabelImage | None, seeds: tuple[tuple[float, float, float], ...], contrast: str
+) -> SeedPlan:
     """User seeds (checked against the field of view) or automatic lateral-ventricle seeds."""
     if seeds:
         return SeedPlan(_seeds.seeds_to_voxels(image, np.asarray(seeds)), tuple(seeds), None, {"seeds": "user"})
@@ -421,8 +441,9 @@ def check_seeds_in_mask(plan: SeedPlan, allowed: BoolArray) -> None:
         )
 
 
-def grow(image: Image, mask: LabelImage | None, opts: RegionGrowingOptions,
-         plan: SeedPlan) -> tuple[npt.NDArray[np.int32], Box, dict[str, Any]]:
+def grow(
+    image: Image, mask: LabelImage | None, opts: RegionGrowingOptions, plan: SeedPlan
+) -> tuple[npt.NDArray[np.int32], Box, dict[str, Any]]:
     """Grow from ``plan``'s seeds inside the mask; return the labels on a box of the grid, the box and facts.
 
     With automatic seeds (``plan.midline`` set) the region keeps ``midline_gap_mm`` off the
@@ -441,8 +462,9 @@ def grow(image: Image, mask: LabelImage | None, opts: RegionGrowingOptions,
     allowed[tuple(local.T)] = True
     with np.errstate(all="raise", under="ignore"):
         values = presmooth(np.asarray(image.array[box], dtype=np.float32), image.spacing, opts)
-        grown, facts = grow_with_guard(values, allowed, local, ball(opts.radius_mm, image.spacing),
-                                       options=opts, voxel_ml=image.voxel_volume_ml)
+        grown, facts = grow_with_guard(
+            values, allowed, local, ball(opts.radius_mm, image.spacing), options=opts, voxel_ml=image.voxel_volume_ml
+        )
     if sides is None:
         labels = np.where(grown.region, np.int32(opts.label), np.int32(0)).astype(np.int32)
     else:
