@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -122,10 +122,11 @@ def worker_mriquant(data: Path, ids: list[str]) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for sid in ids:
         image = read_image(data / f"{sid}_SS.nii.gz")
-        for kind in ("affine", "syn"):
+        kinds: tuple[Literal["affine", "syn"], ...] = ("affine", "syn")
+        for kind in kinds:
             record: dict[str, Any] = {"subject": sid, "kind": kind}
             with timed(record):
-                transforms[kind][sid] = register_to_mni(image, kind=kind)  # type: ignore[arg-type]
+                transforms[kind][sid] = register_to_mni(image, kind=kind)
             record["ncc"] = transforms[kind][sid].meta["quality"]["ncc"]
             runs.append(record)
             print(f"  mriquant {kind:6s} {sid}: {record['wall']:.1f} s, ncc {record['ncc']:.3f}", flush=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def rotation(ax: float, ay: float, az: float) -> np.ndarray:
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
     rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
 def world(linear: np.ndarray, shift: tuple[float, float, float]) -> np.ndarray:
@@ -110,7 +111,7 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
     def polar(m: np.ndarray) -> np.ndarray:
         u, _, vt = np.linalg.svd(m)
-        return u @ vt
+        return np.asarray(u @ vt, dtype=np.float64)
 
     r = polar(a[:3, :3]) @ polar(b[:3, :3]).T
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
@@ -141,7 +142,7 @@ def test_template_bad_resolution() -> None:
 def test_priors() -> None:
     priors = mni_priors(resolution_mm=3.0)
     assert sorted(priors) == ["csf", "gm", "wm"]
-    total = sum(p.array for p in priors.values())
+    total = priors["csf"].array + priors["gm"].array + priors["wm"].array
     inside = template_brain_mask(resolution_mm=3.0).array != 0
     for prior in priors.values():
         assert prior.array.dtype == np.float32
@@ -204,10 +205,11 @@ def test_label_round_trip(affine_tx: Transform, lia_subject: Image) -> None:
     ijk = np.indices(lia_subject.shape)
     halves = np.where(ijk[0] < centre[0], 1, 2) * (lia_subject.array > 0.1)
     labels = LabelImage(halves.astype(np.int32), lia_subject.affine)
-    for method in ("nearest", "label"):
-        there = affine_tx.apply(labels, interpolation=method)  # type: ignore[arg-type]
+    methods: tuple[Literal["nearest", "label"], ...] = ("nearest", "label")
+    for method in methods:
+        there = affine_tx.apply(labels, interpolation=method)
         assert isinstance(there, LabelImage) and there.labels == [1, 2]
-        back = affine_tx.apply(there, direction="to_subject", interpolation=method)  # type: ignore[arg-type]
+        back = affine_tx.apply(there, direction="to_subject", interpolation=method)
         assert back.same_grid(labels) and back.array.dtype == np.int32
         for value in (1, 2):
             assert dice(back.array == value, labels.array == value) > 0.93

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError
@@ -44,8 +44,8 @@ class PreprocessConfig:
     """
 
     steps: tuple[str, ...] = DEFAULT_STEPS
-    registration: str = "affine"
-    normalize: str = "wm-peak"
+    registration: Literal["rigid", "affine", "syn"] = "affine"
+    normalize: Literal["wm-peak", "zscore", "nyul"] = "wm-peak"
     save_bias_field: bool = False
     skullstripped: bool = False
 
@@ -59,6 +59,38 @@ class PreprocessConfig:
     def as_dict(self) -> dict[str, Any]:
         """Return the options as a JSON-serialisable dictionary."""
         return asdict(self)
+
+
+def nonzero_mask_step(case: Case) -> Case:
+    """Case step for inputs the user declares skull-stripped: the brain mask is the non-zero region.
+
+    The largest connected region of non-zero voxels, with enclosed holes filled, becomes
+    ``labels["brain_mask"]``.
+
+    Raises
+    ------
+    InputError
+        If the input has no non-zero region of at least 100 mL (not a skull-stripped brain).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from mriquant.core.image import LabelImage
+
+    out = case.evolve()
+    with out.step("skullstrip", {"assumed_stripped": True, "rule": "largest non-zero region, holes filled"}) as rec:
+        regions, n = ndimage.label(case.image.array != 0)
+        sizes = np.bincount(regions.ravel())[1:] if n else np.zeros(0, np.int64)
+        volume = float(sizes.max()) * case.image.voxel_volume_ml if n else 0.0
+        if volume < 100.0:
+            raise InputError(
+                f"Expected a skull-stripped brain (a non-zero region of at least 100 mL), found {volume:.0f} mL; "
+                "drop --skullstripped to strip the skull."
+            )
+        mask = ndimage.binary_fill_holes(regions == int(np.argmax(sizes)) + 1)
+        rec["brain_ml"] = round(float(mask.sum()) * case.image.voxel_volume_ml, 2)
+    out.labels["brain_mask"] = LabelImage(mask.astype(np.uint8), case.image.affine.copy(), {"source": "brain_mask"})
+    return out
 
 
 def _ordered(steps: tuple[str, ...]) -> list[str]:
@@ -83,7 +115,7 @@ def preprocess(case: Case, config: PreprocessConfig) -> Case:
         elif name == "n4":
             case = bias.n4_step(case, save_field=config.save_bias_field)
         elif name == "skullstrip":
-            case = skullstrip.skullstrip_step(case, assume_stripped=config.skullstripped)
+            case = nonzero_mask_step(case) if config.skullstripped else skullstrip.skullstrip_step(case)
         elif name == "register":
             case = register.register_step(case, kind=config.registration)
         elif name == "normalize":

@@ -456,7 +456,7 @@ def _fit_level(fixed: Image, moving: Image, tx: Affine3) -> Affine3:
         new_cost = float(new_residual @ new_residual)
         if new_cost < cost:
             tx, damping = proposal, damping * 0.3
-            if cost - new_cost < 1e-4 * cost:
+            if cost - new_cost < 1e-3 * cost:
                 break
         else:
             damping *= 10.0

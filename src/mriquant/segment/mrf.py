@@ -238,9 +238,13 @@ class BiasModel:
 
     def fit(self, residual: F64, weight: F64) -> F64:
         """Weighted least-squares coefficients (T,) of the log-bias ``residual`` at the subsample."""
-        weighted = self.design * weight[:, None]
+        import os
+        ridge = float(os.environ.get("RIDGE", "0"))
+        weighted = self.design * (weight / max(float(weight.sum()), 1e-300))[:, None]
         gram = weighted.T @ self.design
-        gram[np.diag_indices_from(gram)] += 1e-9 * float(np.trace(gram)) / gram.shape[0] + 1e-300
+        penalty = np.full(gram.shape[0], ridge)
+        penalty[self.terms.index((0, 0, 0))] = 0.0
+        gram[np.diag_indices_from(gram)] += penalty + 1e-9 * float(np.trace(gram)) / gram.shape[0]
         return np.asarray(np.linalg.solve(gram, weighted.T @ residual), dtype=np.float64)
 
     def evaluate(self, coef: F64, axes: tuple[F64, F64, F64] | None = None) -> F32:
