@@ -31,7 +31,8 @@ def _fingerprint(path: Path) -> dict[str, str]:
 def _argv(command: str, entry: BadInput, out: Path) -> list[str]:
     if command == "convert":
         return ["convert", str(entry.path), str(out / "x.nii.gz"), *entry.extra_args]
-    return [command, str(entry.path), "-o", str(out / "result"), *entry.extra_args]
+    method = ["--method", "region-growing"] if command == "segment" else []
+    return [command, str(entry.path), "-o", str(out / "result"), *method, *entry.extra_args]
 
 
 NAMES = (
@@ -60,9 +61,9 @@ def test_bad_input_is_rejected_cleanly(
     before = _fingerprint(entry.path)
     code = main(_argv(command, entry, tmp_path))
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = err.splitlines()
     assert code == 2, err
-    assert len(lines) == 1, err
+    assert len(lines) == 1, err  # exactly one line, no blank ones
     assert lines[0].startswith(f"mriquant {command}: error: Expected"), lines[0]
     assert entry.expect.lower() in lines[0].lower(), lines[0]
     assert "Traceback" not in err

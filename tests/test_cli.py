@@ -130,9 +130,8 @@ def test_run_output_over_input_is_refused(scan: Path, capsys: pytest.CaptureFixt
     assert scan.read_bytes() == before
 
 
-@pytest.mark.parametrize("sub", ["segment"])
-def test_unlanded_subcommands_say_so(sub: str, scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([sub, str(scan), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
+def test_unlanded_subcommand_says_so(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["longitudinal", str(scan), str(scan), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
     assert "not available" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -144,3 +143,60 @@ def test_demo_scan_is_shipped_and_reads() -> None:
     img = read_image(DEMO)
     assert img.shape == (188, 256, 190) and img.axcodes == "RAS"
     assert img.array.dtype == np.float32
+
+
+def _stripped_phantom(tmp_path: Path, orientation: str = "LIA") -> Path:
+    from mriquant.io import write_image
+    from mriquant.testing.phantom import PhantomSpec, make_phantom
+
+    ph = make_phantom(PhantomSpec(spacing=(2.0, 2.0, 2.0), orientation=orientation, noise=0.02, bias=0.1))
+    stripped = ph.image.with_array(np.where(ph.brain_mask.array > 0, ph.image.array, 0).astype(np.float32))
+    return write_image(stripped, tmp_path / "stripped.nii.gz")
+
+
+def test_segment_region_growing_end_to_end(tmp_path: Path) -> None:
+    scan = _stripped_phantom(tmp_path)
+    out = tmp_path / "seg"
+    argv = [
+        "-q",
+        "segment",
+        str(scan),
+        "-o",
+        str(out),
+        "--method",
+        "region-growing",
+        "--skullstripped",
+        "--multiplier",
+        "2.5",
+        "--no-fill-holes",
+    ]
+    assert main(argv) == 0
+    dseg = nib.load(str(out / "dseg.nii.gz"))
+    src = nib.load(str(scan))
+    assert dseg.shape == src.shape
+    np.testing.assert_allclose(dseg.affine, src.affine, atol=1e-6)
+    assert set(np.unique(np.asarray(dseg.dataobj))) == {0, 4, 43}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["steps"]] == ["skullstrip", "n4", "segment:region-growing"]
+    assert manifest["parameters"]["options"]["multiplier"] == 2.5
+    assert manifest["parameters"]["options"]["fill_holes"] is False
+    assert sorted(manifest["outputs"]) == sorted(p.name for p in out.iterdir())
+
+
+def test_segment_unknown_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scan = _stripped_phantom(tmp_path, "RAS")
+    assert main(["segment", str(scan), "-o", str(tmp_path / "o"), "--method", "nope"]) == 2
+    assert "Expected a method from" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_skullstripped_on_a_head_is_refused_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mriquant.io import write_image
+    from mriquant.testing.phantom import PhantomSpec, make_phantom
+
+    empty_brain = make_phantom(PhantomSpec(spacing=(3.0, 3.0, 3.0)))
+    zero = empty_brain.image.with_array(np.zeros(empty_brain.image.shape, np.float32))
+    zero.array[:4, :4, :4] = np.random.default_rng(0).random((4, 4, 4)) + 1.0  # a speck: not a brain
+    scan = write_image(zero, tmp_path / "speck.nii.gz")
+    assert main(["segment", str(scan), "-o", str(tmp_path / "o"), "--method", "region-growing", "--skullstripped"]) == 2
+    assert "skull-stripped brain" in capsys.readouterr().err

@@ -195,7 +195,8 @@ def _progress(quiet: bool) -> Any:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True, quiet=quiet)
+    # Progress only on a terminal: logs and captured stderr keep exactly the message lines.
+    console = Console(stderr=True, quiet=quiet or not sys.stderr.isatty())
     return Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
     )

@@ -75,7 +75,9 @@ def _add_field(group: argparse._ArgumentGroup, method: str, f: dataclasses.Field
             flag, dest=dest, nargs="+", type=args[0], default=None, help=f"{help_text} (default: {default})"
         )
     else:
-        group.add_argument(flag, dest=dest, type=tp, default=None, help=f"{help_text} (default: {default})")
+        group.add_argument(
+            flag, dest=dest, type=tp, default=None, metavar=f.name.upper(), help=f"{help_text} (default: {default})"
+        )
 
 
 def add_method_options(parser: argparse.ArgumentParser, method: str, options_type: type[Any]) -> None:

@@ -109,13 +109,18 @@ def preprocess(case: Case, config: PreprocessConfig) -> Case:
     """
     from mriquant.preprocess import bias, denoise, normalize, register, skullstrip
 
-    for name in _ordered(config.steps):
+    steps = _ordered(config.steps)
+    if config.skullstripped and "skullstrip" in steps:
+        # the declared brain is known up front, so N4 can fit inside it
+        steps.remove("skullstrip")
+        case = nonzero_mask_step(case)
+    for name in steps:
         if name == "denoise":
             case = denoise.denoise_step(case)
         elif name == "n4":
             case = bias.n4_step(case, save_field=config.save_bias_field)
         elif name == "skullstrip":
-            case = nonzero_mask_step(case) if config.skullstripped else skullstrip.skullstrip_step(case)
+            case = skullstrip.skullstrip_step(case)
         elif name == "register":
             case = register.register_step(case, kind=config.registration)
         elif name == "normalize":

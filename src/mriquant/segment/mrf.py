@@ -268,7 +268,9 @@ def _bias_residual(values: F32, bias: F32, probs: F32, classes: Classes) -> tupl
     target = (precision @ classes.means) / total
     y = values.astype(np.float64)
     z = (y / bias.astype(np.float64) - target) * np.sqrt(total)
-    ok = (y > 0) & (target > 0) & (np.abs(z) < BIAS_OUTLIER_SD)
+    import os
+    conf = float(os.environ.get("CONF", "0"))
+    ok = (y > 0) & (target > 0) & (np.abs(z) < BIAS_OUTLIER_SD) & (probs.max(axis=0) > conf)
     residual = np.where(ok, np.log(np.where(ok, y, 1.0) / np.where(ok, target, 1.0)), 0.0)
     return residual, np.where(ok, total * target**2, 0.0)
 
