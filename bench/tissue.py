@@ -54,7 +54,7 @@ MICCAI = DATA / "miccai2012" / "train"
 BRAINWEB = DATA / "brainweb-crisp"
 RESULTS = Path(__file__).resolve().parent / "tissue_results"
 
-OURS = ("otsu", "kmeans", "fcm", "gmm", "mrf")
+OURS = ("otsu", "kmeans", "fcm", "gmm", "mrf", "mrf:bias=False")
 PEERS = ("atropos", "sklearn-gmm")
 QUICK_SUBJECTS = ("1000", "1001", "1002")
 ANATOMIES = ("subject04", "subject05")
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in brainweb_cases(anatomies, grid):
             standard = (case.contrast, case.extra["noise"], case.extra["bias"]) in STANDARD
             for spec in args.methods:
-                if parse_method(spec)[0] == "mrf" or standard:
+                if spec == "mrf" or standard:
                     brainweb.append(measure(spec, case))
                     print(json.dumps(brainweb[-1], default=float), flush=True)
     report(args, miccai, brainweb, time.perf_counter() - started)

@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate-minutes", type=float, default=8.0)
     p.add_argument("--export-minutes", type=float, default=15.0)
     p.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--calibrate", action="store_true", help="only pick the threshold of the exported weights")
     return p.parse_args(argv)
 
 
@@ -277,9 +278,42 @@ def train(args: argparse.Namespace) -> State:
     return st
 
 
+def calibrate(args: argparse.Namespace) -> float:
+    """Pick the probability threshold of the exported model that maximises validation Dice.
+
+    Uses only the validation anatomy (BrainWeb subject 44, T1/T2/PD); thresholds 0.30-0.90 in steps of
+    0.05. The manifest entry gets ``threshold`` and ``threshold_dice``; the weights file is unchanged.
+    """
+    from mriquant.preprocess.skullstrip import load_model, postprocess, predict_probability
+
+    torch.set_num_threads(args.threads)
+    load_model.cache_clear()
+    net, _ = load_model(str(args.weights_dir))
+    val = Validator.build(args.data, args.cache, (32, 32, 32))
+    probs = [(predict_probability(net, image)[0].array, truth) for _, image, truth in val.scans]
+    candidates = np.round(np.arange(0.30, 0.91, 0.05), 2)
+    scores = [float(np.mean([dice(postprocess(p, float(t)), truth) for p, truth in probs])) for t in candidates]
+    best = int(np.argmax(scores))
+    _log("threshold calibration: " + " ".join(f"{t:.2f}:{v:.4f}" for t, v in zip(candidates, scores, strict=True)))
+    path = Path(args.weights_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = manifest["models"]["skullstrip"]
+    entry.update(threshold=float(candidates[best]), threshold_dice=round(scores[best], 4))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    config_path = Path(args.weights_dir) / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["threshold"] = float(candidates[best])
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return float(candidates[best])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m mriquant.models.train_skullstrip``."""
-    train(parse_args(argv))
+    args = parse_args(argv)
+    if args.calibrate:
+        calibrate(args)
+    else:
+        train(args)
     return 0
 
 

@@ -234,6 +234,7 @@ class _Folder:
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
 # ANTs helpers
 
 

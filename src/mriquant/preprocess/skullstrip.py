@@ -4,7 +4,8 @@ Method (the idea of SynthStrip, Hoopes et al. 2022; our own code and weights): a
 (:mod:`mriquant.models.unet`) trained only on synthetic heads with random contrast, shape, bias, noise,
 resolution and field of view (:mod:`mriquant.models.synth`) predicts the brain probability on a 2 mm
 RAS grid covering the scan. The probability is interpolated (trilinear) back to the native grid, so the
-boundary is placed between the coarse voxels, thresholded at 0.5, reduced to its largest connected
+boundary is placed between the coarse voxels, thresholded (at the model's threshold, calibrated on the
+validation anatomy and stored in the weights manifest; 0.5 if absent), reduced to its largest connected
 component and hole-filled.
 
 An input that is already skull stripped (exact-zero background around one non-zero region, no bright
@@ -59,8 +60,8 @@ class SkullStripOptions:
 
     Attributes
     ----------
-    threshold : float
-        Probability above which a voxel is brain.
+    threshold : float, optional
+        Probability above which a voxel is brain; default: the model's calibrated threshold.
     detect_stripped : bool
         Return the non-zero region of an already skull-stripped input instead of running the network.
     keep_probability : bool
@@ -76,7 +77,7 @@ class SkullStripOptions:
 
     """
 
-    threshold: float = 0.5
+    threshold: float | None = None
     detect_stripped: bool = True
     keep_probability: bool = True
     min_brain_ml: float = 300.0
@@ -426,9 +427,10 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         evidence = detect_stripped(image)
         if evidence.is_stripped:
             return _stripped_result(image, evidence)
-    net, _ = load_model()
+    net, entry = load_model()
     probability, _, cropped = predict_probability(net, image, limit=opts.max_grid, threads=opts.threads)
-    mask = postprocess(probability.array, opts.threshold)
+    threshold = opts.threshold if opts.threshold is not None else float(entry.get("threshold", 0.5))
+    mask = postprocess(probability.array, threshold)
     volume = _check_brain(mask, image, opts)
     notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
     out = LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "source": "brain_mask"})

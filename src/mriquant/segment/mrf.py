@@ -10,11 +10,24 @@ tissue, ``y_i / b_i ~ N(mu_k, sigma_k^2)``; the labels follow a Potts Markov ran
    the neighbour sums being one vectorised pass of shifted slices (6-neighbourhood, weights
    ``1 / spacing`` normalised to 1 at 1 mm) or a 3x3x3 box filter (26-neighbourhood, equal weights
    scaled so the total matches six neighbours);
-2. **M-step**: ``mu_k, sigma_k`` from the posteriors and the corrected intensities;
-3. **bias step** (every ``bias_every`` iterations): the log ratio of each voxel's intensity to its
-   expected class mean, weighted by its inverse variance in the log domain, is fitted by a
-   Legendre polynomial of total degree ``bias_order`` in the voxel coordinates (weighted least
-   squares on a regular subsample); the field is normalised to geometric mean 1 in the mask.
+2. **M-step**: ``mu_k, sigma_k`` from the posteriors and the corrected intensities. With
+   ``variance="tied"`` one pooled variance is shared; ``"auto"`` (default) ties the variances when
+   the classes are in T1 order (CSF < GM < WM) and keeps one per class otherwise. Measured on the
+   MICCAI 2012 T1 scans: CSF partial volume widens the T1 GM class, and a wide GM Gaussian pulls
+   the GM/WM decision into the white matter (WM Dice 0.902 per class vs 0.916 tied, 5 subjects);
+   on T2/PD the bright, wide CSF class needs its own variance (BrainWeb T2 WM Dice 0.93 vs 0.86).
+3. **bias step** (every ``bias_every`` iterations, from the first): each voxel's corrected intensity
+   is compared with its expected mean under a 5-Gaussian model of the corrected histogram (the
+   three classes plus a mixel component between each adjacent pair, a few EM steps): so partial-
+   volume voxels are not read as bias. Without the mixel components the CSF shell and the WM core
+   leave opposite residuals and the field grows into a dome that eats the tissue contrast (seen at
+   3-4 mm). The log ratio, weighted by its inverse variance (voxels beyond
+   :data:`BIAS_OUTLIER_SD` excluded), is fitted by a Legendre polynomial of total degree
+   ``bias_order`` in the voxel coordinates (weighted least squares on a regular subsample of
+   :data:`BIAS_SAMPLES` voxels); the field is normalised to geometric mean 1 in the mask and
+   output on the whole grid (coordinates clamped to the mask's box beyond it) as ``bias_field``.
+   On scans whose bias was already removed (the MICCAI 2012 set) the step costs about 0.6 % WM
+   Dice, as N4 does there; ``bias=False`` skips it.
 
 EM stops when the mean absolute change of the posteriors falls below ``tol`` (or at
 ``max_iter``); ``info["iterations"]`` records how many ran.
@@ -29,12 +42,16 @@ other methods applies.
 
 Priors
 ------
-``priors="mni"`` affinely registers the MNI ICBM152 2009a template (shipped with nilearn) to the
-subject and resamples its GM and WM probability maps; CSF is ``1 - GM - WM``. Each prior is
-floored at ``PRIOR_FLOOR`` so no tissue is ever excluded. The registration uses
-:mod:`mriquant.preprocess.register` and :mod:`mriquant.preprocess.template` when they exist,
-else a built-in ANTs affine (Mattes mutual information at 3 mm, deterministic: every voxel is
-sampled).
+``priors="mni"`` registers the MNI ICBM152 2009a template (shipped with nilearn, read through
+:mod:`mriquant.preprocess.template`) to the subject and resamples its GM and WM probability maps;
+CSF is ``1 - GM - WM``. Each prior is floored at :data:`PRIOR_FLOOR` so no tissue is ever
+excluded, and enters the E-step as ``prior_weight * log(prior)``. ``registration="masks"``
+(default) aligns the template's brain mask to the subject's by a least-squares affine
+(:func:`~mriquant.segment._tissue.register_brain_masks`): it ignores intensities, so it works for
+any contrast, is deterministic, and takes 2-5 s; ``registration="ants"`` uses
+:func:`mriquant.preprocess.register.register_to_mni` (Mattes MI against the T1 template: T1 only,
+20-30 s on two cores, priors of the same quality on MICCAI 2012: GM/WM agreement of the prior
+arg-max with the truth 0.757/0.650 vs 0.767/0.659 with masks on subject 1000).
 
 Partial volume
 --------------
@@ -89,6 +106,7 @@ from mriquant.segment._tissue import (
     resolve_contrast,
 )
 from mriquant.segment.base import Segmentation, Segmenter, register
+from mriquant.segment.gmm import Mixture, fit_mixture, gaussian_logits
 from mriquant.segment.kmeans import kmeans_1d
 
 __all__ = ["BiasModel", "MRFOptions", "MRFSegmenter", "partial_volumes"]
@@ -103,6 +121,8 @@ VarianceChoice = Literal["auto", "class", "tied"]
 PRIOR_FLOOR = 0.02
 #: Voxels whose corrected intensity lies further than this many SD from their class mean do not inform the bias.
 BIAS_OUTLIER_SD = 2.5
+#: EM steps of the 5-Gaussian intensity model behind each bias update.
+BIAS_EM_STEPS = 20
 #: Voxels used to fit the bias polynomial (a regular subsample of the mask).
 BIAS_SAMPLES = 200_000
 
@@ -238,13 +258,9 @@ class BiasModel:
 
     def fit(self, residual: F64, weight: F64) -> F64:
         """Weighted least-squares coefficients (T,) of the log-bias ``residual`` at the subsample."""
-        import os
-        ridge = float(os.environ.get("RIDGE", "0"))
         weighted = self.design * (weight / max(float(weight.sum()), 1e-300))[:, None]
         gram = weighted.T @ self.design
-        penalty = np.full(gram.shape[0], ridge)
-        penalty[self.terms.index((0, 0, 0))] = 0.0
-        gram[np.diag_indices_from(gram)] += penalty + 1e-9 * float(np.trace(gram)) / gram.shape[0]
+        gram[np.diag_indices_from(gram)] += 1e-9 * float(np.trace(gram)) / gram.shape[0] + 1e-12
         return np.asarray(np.linalg.solve(gram, weighted.T @ residual), dtype=np.float64)
 
     def evaluate(self, coef: F64, axes: tuple[F64, F64, F64] | None = None) -> F32:
@@ -257,28 +273,49 @@ class BiasModel:
         return np.asarray(out, dtype=np.float32)
 
 
-def _bias_residual(values: F32, bias: F32, probs: F32, classes: Classes) -> tuple[F64, F64]:
-    """Log ratio of intensity to the expected class mean, and its inverse-variance weight, per voxel (S,).
+def _intensity_model(corrected: F32, classes: Classes) -> Mixture:
+    """A 5-Gaussian mixture of the corrected intensities: the 3 classes and a mixel class between each adjacent pair.
 
-    ``probs`` is (3, S). Voxels further than :data:`BIAS_OUTLIER_SD` standard deviations from
-    their expected mean (vessels, lesions, partial volume tails) get weight 0.
+    Fitted by a few EM steps on the histogram, starting at the sorted class means and their midpoints.
+    Partial-volume voxels fall in the mixel components, so pure voxels are compared with pure means.
     """
-    precision = probs.T.astype(np.float64) / classes.variances[None, :]
-    total = precision.sum(axis=1)
-    target = (precision @ classes.means) / total
+    mu = np.sort(classes.means)
+    means = np.array([mu[0], 0.5 * (mu[0] + mu[1]), mu[1], 0.5 * (mu[1] + mu[2]), mu[2]])
+    variances = np.full(5, float(np.min(classes.variances)))
+    init = Mixture(means, variances, np.full(5, 0.2))
+    return fit_mixture(Histogram.of(corrected), init, max_iter=BIAS_EM_STEPS, tol=1e-9)
+
+
+def _bias_residual(values: F32, bias: F32, classes: Classes) -> tuple[F64, F64]:
+    """Log ratio of each voxel's intensity to its expected mean under :func:`_intensity_model`, and its weight.
+
+    The weight is the inverse variance of the log intensity; voxels further than
+    :data:`BIAS_OUTLIER_SD` standard deviations from their expected mean (vessels, lesions) get 0.
+    """
     y = values.astype(np.float64)
-    z = (y / bias.astype(np.float64) - target) * np.sqrt(total)
-    import os
-    conf = float(os.environ.get("CONF", "0"))
-    ok = (y > 0) & (target > 0) & (np.abs(z) < BIAS_OUTLIER_SD) & (probs.max(axis=0) > conf)
+    corrected = y / bias.astype(np.float64)
+    mix = _intensity_model(corrected.astype(np.float32), classes)
+    logits = gaussian_logits(corrected, mix)
+    resp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    resp /= resp.sum(axis=1, keepdims=True)
+    precision = resp / mix.variances[None, :]
+    total = precision.sum(axis=1)
+    target = (precision @ mix.means) / total
+    z = (corrected - target) * np.sqrt(total)
+    ok = (y > 0) & (target > 0) & (np.abs(z) < BIAS_OUTLIER_SD)
     residual = np.where(ok, np.log(np.where(ok, y, 1.0) / np.where(ok, target, 1.0)), 0.0)
     return residual, np.where(ok, total * target**2, 0.0)
 
 
-def estimate_bias(model: BiasModel, region: Region, bias: F32, probs: F32, classes: Classes) -> tuple[F32, F64]:
-    """Fit the log-bias to the current posteriors; return the field at the N voxels (mean log 0) and coefficients."""
+def estimate_bias(model: BiasModel, region: Region, bias: F32, classes: Classes) -> tuple[F32, F64] | None:
+    """Fit the log-bias to the current classes; the field at the N voxels (mean log 0) and its coefficients.
+
+    Returns None when too few voxels are usable (the caller keeps the previous field).
+    """
     s = model.sample
-    residual, weight = _bias_residual(region.values[s], bias[s], probs[:, s], classes)
+    residual, weight = _bias_residual(region.values[s], bias[s], classes)
+    if np.count_nonzero(weight) < 10 * len(model.terms):
+        return None
     coef = model.fit(residual, weight)
     log_field = model.evaluate(coef)[region.inside]
     shift = float(log_field.mean(dtype=np.float64))
@@ -332,6 +369,7 @@ class EMState:
     bias: F32
     coef: F64 | None = None
     tied: bool = False
+    bias_rejected: int = 0
     iterations: int = 0
     converged: bool = False
     history: list[float] = field(default_factory=list)
@@ -347,6 +385,37 @@ def _e_step(region: Region, state: EMState, neighbours: Neighbours, log_prior: F
     return softmax_classes(logits)
 
 
+def sharpness(values: F32, classes: Classes) -> float:
+    """Mean log-likelihood per voxel of ``values`` under the fitted 5-Gaussian intensity model.
+
+    The N3 idea in likelihood form: a correct bias field sharpens the histogram, a wrong one
+    blurs it. The field's geometric mean is 1, so no Jacobian term is needed to compare fields.
+    """
+    return _intensity_model(values, classes).loglik
+
+
+def _update_bias(model: BiasModel, region: Region, state: EMState) -> None:
+    """Bias step with a safeguard: keep the new field (or the half-way one) only if it sharpens the histogram.
+
+    A smooth field can mimic the tissue layout (cortex outside, white matter inside) and grow
+    into a dome that compresses the contrast; such a field blurs the corrected histogram
+    (lower :func:`sharpness`) and is rejected.
+    """
+    update = estimate_bias(model, region, state.bias, state.classes)
+    if update is None:
+        return
+    s = model.sample
+    current = sharpness(region.values[s] / state.bias[s], state.classes)
+    field, coef = update
+    previous = state.coef if state.coef is not None else np.zeros_like(coef)
+    for step in (1.0, 0.5):
+        candidate = field if step == 1.0 else np.sqrt(field * state.bias)
+        if sharpness(region.values[s] / candidate[s], state.classes) >= current:
+            state.bias, state.coef = candidate, step * coef + (1.0 - step) * previous
+            return
+    state.bias_rejected += 1
+
+
 def run_em(region: Region, state: EMState, log_prior: F32 | None, opts: MRFOptions) -> EMState:
     """Alternate bias, M- and mean-field E-steps until the posteriors settle (see the module docstring)."""
     neighbours = Neighbours(region, opts.neighbourhood)
@@ -354,7 +423,7 @@ def run_em(region: Region, state: EMState, log_prior: F32 | None, opts: MRFOptio
     floor = 1e-4 * float(np.var(region.values, dtype=np.float64))
     for iteration in range(1, opts.max_iter + 1):
         if model is not None and (iteration - 1) % opts.bias_every == 0:
-            state.bias, state.coef = estimate_bias(model, region, state.bias, state.probs, state.classes)
+            _update_bias(model, region, state)
         state.classes = Classes.fit(region.values / state.bias, state.probs, floor, state.tied)
         new = _e_step(region, state, neighbours, log_prior, opts)
         change = float(np.mean(np.abs(new - state.probs), dtype=np.float64))
@@ -563,4 +632,5 @@ def _em_info(state: EMState, corrected: F32) -> dict[str, Any]:
         "class_sd": dict(zip(TISSUES, np.sqrt(state.classes.variances).tolist(), strict=True)),
         "means": class_means(corrected, np.ascontiguousarray(state.probs.T)),
         "bias_range": [float(state.bias.min()), float(state.bias.max())],
+        "bias_updates_rejected": state.bias_rejected,
     }
