@@ -254,7 +254,7 @@ def score(pred_path: Path, truth_path: str | None) -> tuple[float | None, float 
     pred = pred.with_array((pred.array > 0).astype(np.int32))
     truth = truth.with_array((truth.array > 0).astype(np.int32))
     metrics = evaluate_labels(pred, truth, labels=[1])[0]
-    return metrics.dice, metrics.hd95
+    return metrics.dice, metrics.hd95_mm
 
 
 def run_all(cases: list[Case], methods: list[str], work: Path) -> list[Row]:

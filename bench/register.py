@@ -194,14 +194,14 @@ def summary_row(label: str, runs: list[dict[str, Any]], pairs: list[dict[str, An
     dice = {k: [p[k] for p in pairs if p[k] is not None] for k in ("all", "aseg", "sub15")}
     means = {k: (float(np.mean(v)) if v else None) for k, v in dice.items()}
     return (
-        f"| {label:26s} | {len(runs):4d} | {wall:8.1f} | {cpu:8.1f} | {rss:8.0f} | {fmt(means['all'])} | "
-        f"{fmt(means['aseg'])} | {fmt(means['sub15'])} |"
+        f"| {label:26s} | {len(runs):4d} | {wall:8.1f} | {cpu:9.1f} | {rss:7.0f} | {fmt(means['all']):>8s} | "
+        f"{fmt(means['aseg']):>5s} | {fmt(means['sub15']):>5s} |"
     )
 
 
 def print_tables(mq: dict[str, Any], peer: dict[str, Any]) -> None:
-    print("\n| method                     | regs | s/reg    | cpu-s/reg| peak MB  | Dice all | aseg  | sub15 |")
-    print("|----------------------------|------|----------|----------|----------|----------|-------|-------|")
+    print("\n| method                     | regs |    s/reg | cpu-s/reg | peak MB | Dice all |  aseg | sub15 |")
+    print("|----------------------------|-----:|---------:|----------:|--------:|---------:|------:|------:|")
     for kind, label in (("affine", "mriquant affine (via MNI)"), ("syn", "mriquant SyN (via MNI)")):
         runs = [r for r in mq["runs"] if r["kind"] == kind]
         print(summary_row(label, runs, [p for p in mq["pairs"] if p["kind"] == kind], mq["peak_rss_mb"]))

@@ -6,6 +6,7 @@ header change only, so the truth is exact). The whole file takes well under a mi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -256,7 +257,7 @@ def test_noise_raises_one_line() -> None:
     rng = np.random.default_rng(1)
     noise = Image(rng.random((60, 70, 60), dtype=np.float32), np.diag([3.0, 3.0, 3.0, 1.0]))
     with pytest.raises(RegistrationError) as info:
-        register_to_mni(noise, kind="affine", options=FAST)
+        register_to_mni(noise, kind="affine", options=dataclasses.replace(FAST, init="com"))  # skip the 7-start search
     message = str(info.value)
     assert "\n" not in message and message.startswith("Expected") and "found" in message
 

@@ -281,8 +281,8 @@ def train(args: argparse.Namespace) -> State:
 def calibrate(args: argparse.Namespace) -> float:
     """Pick the probability threshold of the exported model that maximises validation Dice.
 
-    Uses only the validation anatomy (BrainWeb subject 44, T1/T2/PD); thresholds 0.30-0.90 in steps of
-    0.05. The manifest entry gets ``threshold`` and ``threshold_dice``; the weights file is unchanged.
+    Uses only the validation anatomy (BrainWeb subject 44, T1/T2/PD); thresholds 0.30-0.98 in steps of
+    0.02. The manifest entry gets ``threshold`` and ``threshold_dice``; the weights file is unchanged.
     """
     from mriquant.preprocess.skullstrip import load_model, postprocess, predict_probability
 
@@ -291,14 +291,15 @@ def calibrate(args: argparse.Namespace) -> float:
     net, _ = load_model(str(args.weights_dir))
     val = Validator.build(args.data, args.cache, (32, 32, 32))
     probs = [(predict_probability(net, image)[0].array, truth) for _, image, truth in val.scans]
-    candidates = np.round(np.arange(0.30, 0.91, 0.05), 2)
+    candidates = np.round(np.arange(0.30, 0.981, 0.02), 2)
     scores = [float(np.mean([dice(postprocess(p, float(t)), truth) for p, truth in probs])) for t in candidates]
     best = int(np.argmax(scores))
     _log("threshold calibration: " + " ".join(f"{t:.2f}:{v:.4f}" for t, v in zip(candidates, scores, strict=True)))
     path = Path(args.weights_dir) / "manifest.json"
     manifest = json.loads(path.read_text())
     entry = manifest["models"]["skullstrip"]
-    entry.update(threshold=float(candidates[best]), threshold_dice=round(scores[best], 4))
+    entry.update(threshold=float(candidates[best]), threshold_dice=round(scores[best], 4),
+                 threshold_command="python -m mriquant.models.train_skullstrip " + " ".join(sys.argv[1:]))  # fmt: skip
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     config_path = Path(args.weights_dir) / CONFIG_FILE
     config = json.loads(config_path.read_text())

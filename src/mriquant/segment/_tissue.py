@@ -15,7 +15,7 @@ depends on the contrast (:data:`CONTRAST_ORDER`):
 - ``"FLAIR"``: CSF < WM < GM (CSF is nulled; grey matter stays brighter than white matter, as
   in T2 weighting);
 - ``"auto"``: the ``"contrast"`` entry of the image's metadata when it names one of the above
-  (the BrainWeb simulator and DICOM-derived images set it); otherwise :func:`auto_contrast`:
+  (the BrainWeb simulator sets it); otherwise :func:`auto_contrast`:
   white matter is the larger of the darkest and brightest classes, so a brightest class holding
   more voxels than the darkest means T1 ordering, else T2 ordering. FLAIR cannot be told from T1
   this way; pass it explicitly. ``mrf`` with MNI priors uses the priors instead (see there).
@@ -24,7 +24,7 @@ depends on the contrast (:data:`CONTRAST_ORDER`):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -45,7 +45,6 @@ __all__ = [
     "assemble",
     "auto_contrast",
     "check_choice",
-    "contrast_field",
     "neighbour_sum",
     "order_to_tissues",
     "quantile_centres",
@@ -79,11 +78,6 @@ MIN_VOXELS = 27
 MAX_UNIQUE = 65536
 #: Bins of the fine histogram used when there are more unique values.
 FINE_BINS = 8192
-
-
-def contrast_field() -> Any:
-    """A dataclass field for the shared ``contrast`` option (default ``"T1"``)."""
-    return field(default="T1", metadata={"help": CONTRAST_HELP})
 
 
 def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
