@@ -18,7 +18,7 @@ from mriquant.testing.phantom import ORIENTATION_CODES, Phantom, PhantomSpec, ma
 
 METHODS = sorted(registry())
 #: Methods too slow for 48 runs in CI get a sample of orientations (they register or run a network).
-SLOW = {"atlas", "deep"}
+SLOW = {"atlas", "deep", "mrf", "gmm"}
 ORIENTATION_SAMPLE = ("RAS", "LIA", "PSR", "ILP")
 
 

@@ -332,6 +332,9 @@ STRIPPED_MIN_SHARE = 0.9
 STRIPPED_VOLUME_ML = (300.0, 2500.0)
 STRIPPED_MAX_DARK_BAND = 0.08
 
+#: Images larger than this (voxels) are subsampled by 2 along each axis for the detection.
+DETECT_MAX_VOXELS = 2_000_000
+
 
 def _face_mode(data: npt.NDArray[Any]) -> float:
     faces = np.concatenate(
@@ -369,13 +372,13 @@ def detect_stripped(image: Image) -> StrippedEvidence:
     head has skull there). Measured margins: stripped scans 0.000-0.04 dark, 1070-2080 mL; heads
     3400-3900 mL, T1 heads 0.11-0.19 dark.
     """
-    data = image.array
-    background = _face_mode(data)
-    nonzero = data != background
-    bg_fraction = 1.0 - float(nonzero.mean())
+    background = _face_mode(image.array)
+    bg_fraction = float(np.mean(image.array == background))
     if bg_fraction < STRIPPED_MIN_BACKGROUND:
         return StrippedEvidence(background, bg_fraction, 0.0, 0.0, float("nan"), False)
-    region, share = _largest_region(nonzero)
+    if image.array.size > DETECT_MAX_VOXELS:  # decide on every second voxel: 8x less work, same answer
+        image = Image(image.array[::2, ::2, ::2], image.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    region, share = _largest_region(image.array != background)
     volume = float(region.sum()) * image.voxel_volume_ml
     if not (share >= STRIPPED_MIN_SHARE and STRIPPED_VOLUME_ML[0] <= volume <= STRIPPED_VOLUME_ML[1]):
         return StrippedEvidence(background, bg_fraction, share, volume, float("nan"), False)
