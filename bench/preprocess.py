@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # benchmark this checkout, not an installed copy
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "skullstrip_results"
 HELD_OUT = ("subject04", "subject05", "subject06")
@@ -233,7 +234,8 @@ def worker(method: str, image_path: str, out_path: str) -> None:
 def run_child(method: str, case: Case, out: Path) -> tuple[float | None, float | None, str]:
     """Run one method on one case in a child process; return (seconds, peak MB, error note)."""
     cmd = [sys.executable, __file__, "--worker", method, case.image, str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     stdout, stderr = proc.stdout.read() if proc.stdout else "", proc.stderr.read() if proc.stderr else ""
     peak_mb = usage.ru_maxrss / 1024.0
@@ -309,35 +311,49 @@ def summary(rows: list[Row], methods: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def render(rows: list[Row], methods: list[str], grid: str) -> str:
-    """Markdown: summary with ratios to mriquant, then every row."""
+def render(rows: list[Row], methods: list[str], title: str) -> str:
+    """Markdown: per-method summary, paired comparison with mriquant, then every row."""
     s = summary(rows, methods)
     groups = [
         g for g in ("brainweb-T1", "brainweb-T2", "brainweb-PD", "real-stripped") if any(r.group == g for r in rows)
     ]
-    head = ["method", *[f"Dice {g}" for g in groups], "Dice BrainWeb (min)", "HD95 mm", "s/scan", "peak MB", "failed"]
-    lines = [f"## Skull stripping ({grid} grid, {len({r.case for r in rows})} scans)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    head = ["method", "scans", *[f"Dice {g}" for g in groups], "Dice BrainWeb (min)", "HD95 mm", "s/scan", "peak MB",
+            "failed"]  # fmt: skip
+    lines = [f"## Skull stripping: {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        v = s[m]
-        cells = [m, *[_f(v.get(g), 4) for g in groups], f"{_f(v['dice_bw'], 4)} ({_f(v['dice_bw_min'], 4)})",
+        v, n = s[m], sum(1 for r in rows if r.method == m)
+        cells = [m, str(n), *[_f(v.get(g), 4) for g in groups], f"{_f(v['dice_bw'], 4)} ({_f(v['dice_bw_min'], 4)})",
                  _f(v["hd95_bw"], 2), _f(v["seconds"], 1), _f(v["peak_mb"], 0), str(v["failures"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Ratios (peer / mriquant): " + "; ".join(_ratios(s, m) for m in methods if m != "mriquant"), ""]
-    lines += ["| scan | method | Dice | HD95 mm | s | peak MB | note |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    lines += ["", *paired(rows, methods), "", "| scan | method | Dice | HD95 mm | s | peak MB | note |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r.case, METHODS.index(r.method))):
         lines.append(f"| {r.case} | {r.method} | {_f(r.dice, 4)} | {_f(r.hd95, 2)} | {_f(r.seconds, 1)} | "
                      f"{_f(r.peak_mb, 0)} | {r.note} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _ratios(s: dict[str, dict[str, Any]], m: str) -> str:
-    base, peer = s["mriquant"], s[m]
+def paired(rows: list[Row], methods: list[str]) -> list[str]:
+    """Each peer against mriquant on the scans both ran: Dice, HD95, time and memory ratios (peer / mriquant)."""
+    ours = {r.case: r for r in rows if r.method == "mriquant"}
+    out = ["| peer | common scans | Dice mriquant | Dice peer | HD95 mriquant | HD95 peer | time peer/mriquant | "
+           "memory peer/mriquant |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for m in methods:
+        if m == "mriquant":
+            continue
+        both = [(ours[r.case], r) for r in rows if r.method == m and r.case in ours and not r.note]
+        if not both:
+            continue
+        a, b = [x for x, _ in both], [y for _, y in both]
 
-    def r(key: str) -> str:
-        return "—" if not base.get(key) or peer.get(key) is None else f"{peer[key] / base[key]:.2f}"
+        def ratio(key: str, a: list[Row] = a, b: list[Row] = b) -> str:
+            num, den = _mean([getattr(r, key) for r in b]), _mean([getattr(r, key) for r in a])
+            return "—" if num is None or not den else f"{num / den:.2f}"
 
-    return f"{m}: time x{r('seconds')}, memory x{r('peak_mb')}, HD95 x{r('hd95_bw')}"
+        out.append(f"| {m} | {len(both)} | {_f(_mean([r.dice for r in a]), 4)} | {_f(_mean([r.dice for r in b]), 4)} | "
+                   f"{_f(_mean([r.hd95 for r in a]), 2)} | {_f(_mean([r.hd95 for r in b]), 2)} | {ratio('seconds')} | "
+                   f"{ratio('peak_mb')} |")  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subjects", default=",".join(HELD_OUT))
     p.add_argument("--work", type=Path, default=Path("/tmp/skullstrip/bench"))
     p.add_argument("--no-real", action="store_true", help="only the simulated BrainWeb scans")
+    p.add_argument("--report-only", action="store_true", help="render every cached row of WORK/rows.json, run nothing")
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "IMAGE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -356,16 +373,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"../shared/data not present ({DATA}); nothing to benchmark.", file=sys.stderr)
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
-    cases = make_inputs(args.work, GRIDS[args.grid], tuple(args.subjects.split(",")))
-    if args.no_real:
-        cases = [c for c in cases if c.group.startswith("brainweb")]
     methods = [m for m in args.methods.split(",") if m]
-    rows = run_all(cases, methods, args.work)
+    if args.report_only:
+        rows = [Row(**r) for r in json.loads((args.work / "rows.json").read_text())]
+        title = "every cached run (peers on subsets: see 'scans')"
+    else:
+        cases = make_inputs(args.work, GRIDS[args.grid], tuple(args.subjects.split(",")))
+        if args.no_real:
+            cases = [c for c in cases if c.group.startswith("brainweb")]
+        rows = run_all(cases, methods, args.work)
+        title = f"{args.grid} grid, subjects {args.subjects}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    text = render(rows, methods, args.grid)
+    text = render(rows, methods, title)
     (RESULTS / "latest.md").write_text(text)
-    (RESULTS / "latest.json").write_text(json.dumps({"rows": [asdict(r) for r in rows],
-                                                    "summary": summary(rows, methods)}, indent=1))  # fmt: skip
+    summary_json = {"rows": [asdict(r) for r in rows], "summary": summary(rows, methods)}
+    (RESULTS / "latest.json").write_text(json.dumps(summary_json, indent=1))
     print(text)
     return 0
 

@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-miccai", action="store_true")
     parser.add_argument("--no-brainweb", action="store_true")
     parser.add_argument("--anatomies", type=int, default=2, choices=(1, 2), help="BrainWeb models (--quick: 1)")
+    parser.add_argument("--anatomy", nargs="+", help=f"BrainWeb model names instead (default {', '.join(ANATOMIES)})")
+    parser.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"], help="BrainWeb contrasts to simulate")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.md")
     parser.add_argument("--from-log", type=Path, nargs="+",
                         help="only rebuild the tables from the JSON lines a (partial) run printed")
@@ -317,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(miccai[-1], default=float), flush=True)
     brainweb: list[dict[str, Any]] = []
     if not args.no_brainweb:
-        anatomies = ANATOMIES[: args.anatomies]
-        grid = QUICK_GRID if args.quick else FULL_GRID
+        anatomies = tuple(args.anatomy) if args.anatomy else ANATOMIES[: args.anatomies]
+        grid = [g for g in (QUICK_GRID if args.quick else FULL_GRID) if g[0] in args.contrasts]
         for case in brainweb_cases(anatomies, grid):
             standard = (case.contrast, case.extra["noise"], case.extra["bias"]) in STANDARD
             for spec in args.methods:
@@ -344,9 +346,11 @@ def report_from_logs(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace, miccai: list[dict[str, Any]], brainweb: list[dict[str, Any]],
            seconds: float) -> None:
+    when = (f"Assembled {time.strftime('%Y-%m-%d %H:%M')} from the logs of {', '.join(p.name for p in args.from_log)}"
+            if args.from_log else f"Run {time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.1f} min total")
     lines = [f"# Tissue segmentation benchmark ({'quick' if args.quick else 'full'})", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.1f} min total, {os.cpu_count()} CPUs "
-             f"(load average at the end {os.getloadavg()[0]:.1f}); each method in a forked child process, "
+             f"{when}; {os.cpu_count()} CPUs shared with other jobs (load average now {os.getloadavg()[0]:.1f}: "
+             "times are wall clock under that load); each method in a forked child process, "
              "+RSS = its peak resident memory minus its resident memory at the start.", ""]
     if miccai:
         n = len({r["case"] for r in miccai})

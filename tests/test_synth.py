@@ -133,6 +133,7 @@ def test_normalise_intensity() -> None:
 
 
 @needs_data
+@pytest.mark.slow
 def test_brainweb_real_model_t1_contrast() -> None:
     from mriquant.io import read_labels
 

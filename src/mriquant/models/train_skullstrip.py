@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=60.0, help="training time budget (wall clock, all sessions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init-from-bundled", action="store_true", help="start from the bundled weights (same channels)")
     p.add_argument("--data", type=Path, default=default_data)
     p.add_argument("--cache", type=Path, default=Path("/tmp/skullstrip/maps"), help="prepared label-map cache")
     p.add_argument("--threads", type=int, default=2)
@@ -247,6 +248,10 @@ def train(args: argparse.Namespace) -> State:
     net = UNet3D(config)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     ckpt = args.out / "last.pt"
+    if args.init_from_bundled:
+        from mriquant.models import load_weights
+
+        net.load_state_dict({k: v.float() for k, v in load_weights("skullstrip", folder=args.weights_dir)[0].items()})
     st = load_checkpoint(ckpt, net, opt, gen) if args.resume and ckpt.exists() else State()
     _log(f"{len(maps)} maps, {sum(p.numel() for p in net.parameters())} parameters, step {st.step}, "
          f"{st.elapsed / 60:.1f} of {args.minutes} min used")  # fmt: skip

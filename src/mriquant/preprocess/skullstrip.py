@@ -8,8 +8,9 @@ boundary is placed between the coarse voxels, thresholded (at the model's thresh
 validation anatomy and stored in the weights manifest; 0.5 if absent), reduced to its largest connected
 component and hole-filled.
 
-An input that is already skull stripped (exact-zero background around one non-zero region, no bright
-shell outside the brain) is detected and its non-zero region (filled) returned as the mask, with a note.
+An input that is already skull stripped (a large exactly-constant background around one non-zero region of
+brain size, with no dark skull layer under its surface: :func:`detect_stripped`) is detected and its
+non-zero region (filled) returned as the mask, with a note.
 
 Order matters: the image is smoothed to the working resolution *before* it is resampled (so noise is
 averaged as in training) and normalised *after* (percentiles of the working-grid image).
@@ -264,6 +265,34 @@ def _check_values(image: Image) -> None:
         )
 
 
+#: Smallest mean correlation of neighbouring voxels for an image to hold anatomy (pure noise: about 0).
+MIN_NEIGHBOUR_CORRELATION = 0.3
+
+
+def neighbour_correlation(data: npt.NDArray[Any]) -> float:
+    """Mean correlation of each voxel with its next neighbour along the three axes (on every second voxel)."""
+    values = []
+    for axis in range(3):
+        lo = [slice(None, None, 2)] * 3
+        hi = [slice(None, None, 2)] * 3
+        lo[axis], hi[axis] = slice(0, -1, 2), slice(1, None, 2)
+        a, b = data[tuple(lo)].ravel().astype(np.float64), data[tuple(hi)].ravel().astype(np.float64)
+        n = min(a.size, b.size)
+        if n > 1 and a[:n].std() > 0 and b[:n].std() > 0:
+            values.append(float(np.corrcoef(a[:n], b[:n])[0, 1]))
+    return float(np.mean(values)) if values else 0.0
+
+
+def _check_structure(image: Image) -> None:
+    corr = neighbour_correlation(image.array)
+    if corr < MIN_NEIGHBOUR_CORRELATION:
+        raise InputError(
+            f"Expected an MR head scan, found no spatial structure (neighbouring voxels correlate at {corr:.2f}, "
+            f"below {MIN_NEIGHBOUR_CORRELATION}) in {image.meta.get('source', 'the image')}: the input looks like "
+            "noise, so no brain can be found; pass an anatomical scan."
+        )
+
+
 def _check_brain(mask: npt.NDArray[np.bool_], image: Image, options: SkullStripOptions) -> float:
     volume = float(mask.sum()) * image.voxel_volume_ml
     source = image.meta.get("source", "the image")
@@ -419,13 +448,15 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
     Raises
     ------
     InputError
-        Non-MR (CT-like) or constant intensities, slices thicker than ``max_slice_mm``, or no whole
-        brain in the field of view (predicted brain < 300 mL or > 2500 mL, or mostly on the border).
+        Non-MR (CT-like), constant or structureless (noise) intensities, slices thicker than
+        ``max_slice_mm`` (GeometryError), or no whole brain in the field of view (predicted brain
+        < 300 mL or > 2500 mL, or on most of the image border).
 
     """
     opts = options or SkullStripOptions()
     _check_values(image)
     _check_geometry(image, opts)
+    _check_structure(image)
     if opts.detect_stripped:
         evidence = detect_stripped(image)
         if evidence.is_stripped:
@@ -455,7 +486,9 @@ def skullstrip_step(case: Case, *, options: SkullStripOptions | None = None) -> 
         result = skullstrip(image, options=opts)
         if not result.already_stripped:
             _, entry = load_model()
-            record.update(model=MODEL_NAME, model_version=entry.get("version"), model_sha256=entry.get("sha256"))
+            threshold = opts.threshold if opts.threshold is not None else entry.get("threshold", 0.5)
+            record.update(model=MODEL_NAME, model_version=entry.get("version"), model_sha256=entry.get("sha256"),
+                          threshold=threshold)  # fmt: skip
         record.update(already_stripped=result.already_stripped, brain_ml=round(result.brain_ml, 2), notes=result.notes)
     out.labels["brain_mask"] = result.mask
     if result.probability is not None:

@@ -264,17 +264,12 @@ class BiasModel:
         design = np.stack([axes[0][ijk[0], a] * axes[1][ijk[1], b] * axes[2][ijk[2], c] for a, b, c in terms], 1)
         return cls(order, terms, (axes[0], axes[1], axes[2]), design, sample)
 
-    def fit(self, residual: F64, weight: F64, nuisance: F64 | None = None) -> F64:
-        """Weighted least-squares coefficients (T,) of the log-bias ``residual`` at the subsample.
-
-        ``nuisance`` (S, m) columns are fitted alongside and dropped (per-class offsets).
-        """
-        design = self.design if nuisance is None else np.concatenate([self.design, nuisance], axis=1)
-        weighted = design * (weight / max(float(weight.sum()), 1e-300))[:, None]
-        gram = weighted.T @ design
+    def fit(self, residual: F64, weight: F64) -> F64:
+        """Weighted least-squares coefficients (T,) of the log-bias ``residual`` at the subsample."""
+        weighted = self.design * (weight / max(float(weight.sum()), 1e-300))[:, None]
+        gram = weighted.T @ self.design
         gram[np.diag_indices_from(gram)] += 1e-9 * float(np.trace(gram)) / gram.shape[0] + 1e-12
-        coef = np.linalg.solve(gram, weighted.T @ residual)
-        return np.asarray(coef[: self.design.shape[1]], dtype=np.float64)
+        return np.asarray(np.linalg.solve(gram, weighted.T @ residual), dtype=np.float64)
 
     def evaluate(self, coef: F64, axes: tuple[F64, F64, F64] | None = None) -> F32:
         """The log-bias on the grid of ``axes`` (default: the box), float32."""
@@ -320,8 +315,7 @@ def _bias_residual(values: F32, bias: F32, classes: Classes) -> tuple[F64, F64]:
     return residual, np.where(ok, total * target**2, 0.0)
 
 
-def estimate_bias(model: BiasModel, region: Region, bias: F32, classes: Classes,
-                  probs: F32 | None = None) -> tuple[F32, F64] | None:
+def estimate_bias(model: BiasModel, region: Region, bias: F32, classes: Classes) -> tuple[F32, F64] | None:
     """Fit the log-bias to the current classes; the field at the N voxels (mean log 0) and its coefficients.
 
     Returns None when too few voxels are usable (the caller keeps the previous field).
@@ -330,8 +324,7 @@ def estimate_bias(model: BiasModel, region: Region, bias: F32, classes: Classes,
     residual, weight = _bias_residual(region.values[s], bias[s], classes)
     if np.count_nonzero(weight) < 10 * len(model.terms):
         return None
-    nuisance = None if probs is None else probs[1:, s].T.astype(np.float64)
-    coef = model.fit(residual, weight, nuisance)
+    coef = model.fit(residual, weight)
     log_field = model.evaluate(coef)[region.inside]
     shift = float(log_field.mean(dtype=np.float64))
     coef[model.terms.index((0, 0, 0))] -= shift
@@ -401,9 +394,7 @@ def _e_step(region: Region, state: EMState, neighbours: Neighbours, log_prior: F
 
 def _update_bias(model: BiasModel, region: Region, state: EMState) -> None:
     """Bias step: replace the field by a new estimate (kept unchanged when too few voxels are usable)."""
-    import os
-    probs = state.probs if os.environ.get("NUIS") else None
-    update = estimate_bias(model, region, state.bias, state.classes, probs)
+    update = estimate_bias(model, region, state.bias, state.classes)
     if update is not None:
         state.bias, state.coef = update
 
