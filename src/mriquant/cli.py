@@ -275,9 +275,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from mriquant import manifest
     from mriquant.core.case import Case
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder
     from mriquant.pipeline import DEFAULT_STEPS, PreprocessConfig, preprocess, write_preprocess_outputs
 
     config = PreprocessConfig(
@@ -294,26 +293,14 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         case = preprocess(case, config)
         bar.remove_task(task)
         outputs = [*write_preprocess_outputs(case, staging), "manifest.json"]
-        data = manifest.build(
-            command="preprocess",
-            argv=args.argv,
-            parameters=config.as_dict(),
-            inputs=[args.input],
-            outputs=outputs,
-            steps=case.provenance,
-            started=started,
-            seconds=time.perf_counter() - t0,
-            extra={"input_geometry": _geometry(case.image)},
-        )
-        write_json(data, staging / "manifest.json")
+        _write_manifest(args, staging, case, parameters=config.as_dict(), outputs=outputs, started=started, t0=t0)
     return 0
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from mriquant import manifest
     from mriquant.cli_options import options_from_args
     from mriquant.core.case import Case
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder
     from mriquant.pipeline import prepare_for_segmentation, write_segment_outputs
     from mriquant.segment import get_segmenter, segment_step
 
@@ -330,19 +317,37 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         case = segment_step(case, segmenter)
         bar.remove_task(task)
         outputs = [*write_segment_outputs(case, staging), "manifest.json"]
-        data = manifest.build(
-            command="segment",
-            argv=args.argv,
-            parameters={"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()},
-            inputs=[args.input],
-            outputs=outputs,
-            steps=case.provenance,
-            started=started,
-            seconds=time.perf_counter() - t0,
-            extra={"input_geometry": _geometry(case.image)},
-        )
-        write_json(data, staging / "manifest.json")
+        params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
+        _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
     return 0
+
+
+def _write_manifest(
+    args: argparse.Namespace,
+    staging: Path,
+    case: Any,
+    *,
+    parameters: dict[str, Any],
+    outputs: list[str],
+    started: str,
+    t0: float,
+) -> None:
+    """Write ``manifest.json`` of a command that read ``args.input`` into ``case``."""
+    from mriquant import manifest
+    from mriquant.io import write_json
+
+    data = manifest.build(
+        command=args.command,
+        argv=args.argv,
+        parameters=parameters,
+        inputs=[args.input],
+        outputs=outputs,
+        steps=case.provenance,
+        started=started,
+        seconds=time.perf_counter() - t0,
+        extra={"input_geometry": _geometry(case.image)},
+    )
+    write_json(data, staging / "manifest.json")
 
 
 def _geometry(image: Any) -> dict[str, Any]:
