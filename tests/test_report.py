@@ -1,0 +1,483 @@
+"""The report package: HTML and PDF content, escaping, self-containment, figures and a browser screenshot."""
+
+from __future__ import annotations
+
+import copy
+import html.parser
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pytest
+
+from mriquant.core.errors import InputError, OutputError
+from mriquant.core.geometry import reorient
+from mriquant.core.image import Image, LabelImage
+from mriquant.core.labels import TISSUES, freesurfer
+from mriquant.quantify import volumes as qv
+from mriquant.report import REPORT_FILES, build_change_report, build_report
+from mriquant.report import figures as rfig
+from mriquant.report import html as rhtml
+from mriquant.testing import Phantom, make_phantom
+
+CHROMIUM = Path("/usr/bin/chromium")
+HEADER = {"PatientName": "Doe^Jane", "PatientID": "X123", "StudyDate": "20240102"}
+
+
+# --- fixtures and helpers ---
+
+
+def volumes_of(ph: Phantom) -> dict[str, Any]:
+    etiv = qv.intracranial_volume_ml(ph.brain_mask)
+    structures = qv.label_volumes(ph.structures, table=freesurfer(), etiv_ml=etiv)
+    return {
+        "units": "mL",
+        "etiv_ml": etiv,
+        "etiv_method": "brain-mask",
+        "tissues": qv.tissue_totals(ph.tissue, etiv_ml=etiv),
+        "totals": qv.structure_totals(ph.structures),
+        "structures": [s.as_dict() for s in structures],
+        "asymmetry": qv.asymmetries(structures),
+    }
+
+
+MANIFEST: dict[str, Any] = {
+    "tool": "mriquant",
+    "command": "run",
+    "argv": ["run", "scan.nii.gz", "out"],
+    "started": "2024-05-01T10:00:00Z",
+    "seconds": 12.5,
+    "versions": {"mriquant": "9.8.7", "numpy": "1.26.4", "torch": None},
+    "parameters": {"method": "gmm-mrf", "skullstrip": "unet"},
+    "inputs": [{"path": "/data/scan.nii.gz", "sha256": "0123456789abcdef" * 4, "bytes": 12345, "files": 1}],
+    "outputs": ["volumes.json", "tissue.nii.gz"],
+    "steps": [{"name": "n4-bias", "params": {"shrink": 4}, "version": "0.1", "started": "x", "seconds": 3.25}],
+}
+
+QC: dict[str, Any] = {
+    "metrics": {"snr": 23.1, "cnr": 2.5},
+    "flags": [
+        {"code": "LOW_CNR", "severity": "warning", "message": "grey/white contrast is low", "label": 17},
+        {"code": "MASK_EDGE", "severity": "error", "message": "brain mask touches the field of view"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom(spacing=(4.0, 4.0, 5.0), orientation="LIA", seed=3)
+
+
+@pytest.fixture(scope="module")
+def full_report(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    folder = tmp_path_factory.mktemp("report")
+    volumes = volumes_of(phantom)
+    names = build_report(folder, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=QC, header=HEADER,
+                         brain_mask=phantom.brain_mask, tissue=phantom.tissue, dseg=phantom.structures)
+    assert names == ["report.html", "report.pdf"]
+    return folder, volumes, (folder / "report.html").read_text("utf-8")
+
+
+class _Tables(html.parser.HTMLParser):
+    """Collect the cell texts (and title attributes) of every ``<table id=...>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.titles: dict[str, list[list[str | None]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self._title: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self._table = a.get("id") or ""
+            self.tables[self._table], self.titles[self._table] = [], []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+            self.titles[self._table].append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell, self._title = [], None
+        elif self._cell is not None and a.get("title"):
+            self._title = a["title"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._table is not None and self._cell is not None:
+            self.tables[self._table][-1].append(" ".join("".join(self._cell).split()))
+            self.titles[self._table][-1].append(self._title)
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_tables(text: str) -> _Tables:
+    parser = _Tables()
+    parser.feed(text)
+    return parser
+
+
+def body_rows(parser: _Tables, key: str) -> list[list[str]]:
+    return parser.tables[f"table-{key}"][1:]  # row 0 is the header
+
+
+def pdf_pages(data: bytes) -> int:
+    return len(re.findall(rb"/Type\s*/Page\b", data))
+
+
+def pdf_text(data: bytes) -> str:
+    """Text of an uncompressed matplotlib PDF (its TJ arrays), one string per drawn line."""
+    lines = []
+    for array in re.findall(rb"\[([^][]*)\]\s*TJ", data):
+        chars = re.findall(rb"\(((?:\\.|[^\\)])*)\)", array)
+        lines.append(b"".join(chars).replace(b"\\(", b"(").replace(b"\\)", b")").decode("latin-1"))
+    return "\n".join(lines)
+
+
+# --- HTML content ---
+
+
+def test_files_written_atomically(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    folder, _, _ = full_report
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)  # no temporary files left
+
+
+def test_every_structure_volume_in_table(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, volumes, text = full_report
+    rows = {row[0]: row for row in body_rows(parse_tables(text), "structures")}
+    assert len(rows) == len(volumes["structures"]) > 5
+    for s in volumes["structures"]:
+        row = rows[str(s["label"])]
+        assert row[1] == s["name"]
+        assert row[2] == f"{s['volume_ml']:.2f}"
+        assert row[3] == f"{100 * s['fraction_of_etiv']:.3f}"
+    # asymmetry index on both sides of a pair, equal to volumes.json
+    thalamus = next(a for a in volumes["asymmetry"] if a["left_label"] == 10)
+    assert rows["10"][4] == rows["49"][4] == f"{thalamus['asymmetry_index']:.3f}"
+    assert rows["24"][4] == ""  # CSF is not bilateral
+
+
+def test_tissue_totals_and_etiv(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, volumes, text = full_report
+    rows = {row[0]: row[1:] for row in body_rows(parse_tables(text), "tissues")}
+    assert rows["Intracranial volume (eTIV)"] == [f"{volumes['etiv_ml']:.2f}", "mL"]
+    assert rows["eTIV method"][0] == "brain-mask"
+    assert rows["Grey matter"][0] == f"{volumes['tissues']['gm_ml']:.2f}"
+    assert rows["Brain parenchymal fraction (GM + WM) / eTIV"][0] == \
+        f"{volumes['tissues']['brain_parenchymal_fraction']:.3f}"
+    assert rows["Ventricles (from structures)"][0] == f"{volumes['totals']['ventricles_ml']:.2f}"
+
+
+def test_none_shows_dash_with_reason_not_zero(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = volumes_of(phantom)
+    volumes["etiv_ml"] = None
+    volumes["tissues"] = qv.tissue_totals(phantom.tissue, etiv_ml=None)
+    for s in volumes["structures"]:
+        s["fraction_of_etiv"] = None
+    volumes["structures"][0]["volume_pv_ml"] = 1.5  # one posterior: the PV column appears, others undefined
+    build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST)
+    parser = parse_tables((tmp_path / "report.html").read_text("utf-8"))
+    rows = body_rows(parser, "structures")
+    titles = parser.titles["table-structures"][1:]
+    assert rows[0][3] == "1.50"
+    for row, title in zip(rows, titles, strict=True):
+        assert row[4].startswith("—") and "0" not in row[4]  # % of eTIV
+        assert title[4] == "intracranial volume (eTIV) not available"
+    assert rows[1][3].startswith("—") and titles[1][3] == "no posterior probabilities for this label"
+    tissues = {row[0]: row for row in body_rows(parser, "tissues")}
+    assert tissues["Intracranial volume (eTIV)"][1].startswith("—")
+    assert tissues["Brain parenchymal fraction (GM + WM) / eTIV"][1].startswith("—")
+    notes = (tmp_path / "report.html").read_text("utf-8").split('id="notes"')[1]
+    assert "intracranial volume (eTIV) not available" in notes
+    assert "brain parenchymal fraction undefined" in notes  # the reason from volumes.json
+
+
+def test_script_names_escaped(phantom: Phantom, tmp_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    volumes = volumes_of(phantom)
+    volumes["structures"][0]["name"] = evil
+    qc = {"flags": [{"code": "X", "severity": "error", "message": f"bad {evil}"}]}
+    manifest = {**MANIFEST, "steps": [{"name": evil, "params": {"p": evil}, "seconds": 1.0}]}
+    build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=manifest, qc=qc,
+                 header={"PatientName": evil, "StudyDescription": '"><img src=x onerror=alert(1)>'})
+    text = (tmp_path / "report.html").read_text("utf-8")
+    assert "<script" not in text.lower()
+    assert "<img src=x" not in text
+    assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4
+    assert body_rows(parse_tables(text), "structures")[0][1] == evil  # shown as text
+
+
+def test_self_contained_no_external_urls(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, text = full_report
+    assert "http://" not in text and "https://" not in text
+    sources = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.IGNORECASE)
+    assert sources, "expected embedded images and note links"
+    for value in sources:
+        assert value.startswith(("data:image/png;base64,", "#")), value
+    assert not re.search(r"<(script|link|iframe|object|embed)\b", text, flags=re.IGNORECASE)
+    assert "@import" not in text and "url(" not in text
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 1  # the planes figure
+
+
+def test_dicom_header_shows_only_given_keys(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, text = full_report
+    rows = body_rows(parse_tables(text), "header")
+    assert rows == [["Patient name", "Doe^Jane"], ["Patient ID", "X123"], ["Study date", "2024-01-02"]]
+    for absent in ("Birth date", "PatientBirthDate", "Sex", "Institution", "Manufacturer", "Series"):
+        assert absent not in text
+
+
+def test_non_dicom_header_is_the_file_name(phantom: Phantom, tmp_path: Path) -> None:
+    image = Image(phantom.image.array, phantom.image.affine, {"source": "/some/where/sub-01_T1w.nii.gz"})
+    build_report(tmp_path, image=image, volumes={}, manifest={})
+    text = (tmp_path / "report.html").read_text("utf-8")
+    assert body_rows(parse_tables(text), "header") == [["File", "sub-01_T1w.nii.gz"]]
+    assert "Patient name" not in text and "/some/where" not in text
+
+
+def test_missing_sections_are_noted_not_invented(phantom: Phantom, tmp_path: Path) -> None:
+    build_report(tmp_path, image=phantom.image, volumes={"etiv_ml": 1400.0, "etiv_method": "brain-mask"},
+                 manifest={})
+    text = (tmp_path / "report.html").read_text("utf-8")
+    tables = parse_tables(text).tables
+    assert "table-structures" not in tables and "table-asymmetry" not in tables
+    assert "No structure segmentation (dseg) was given" in text
+    assert "No tissue segmentation was given" in text
+    assert "No quality-control results were given" in text
+    run = dict((r[0], r[1]) for r in body_rows(parse_tables(text), "run"))
+    assert run["mriquant version"].startswith("—")
+
+
+def test_qc_flags_most_severe_first(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, text = full_report
+    parser = parse_tables(text)
+    flags = body_rows(parser, "qc-flags")
+    assert [f[0] for f in flags] == ["error", "warning"]
+    assert flags[1] == ["warning", "LOW_CNR", "17 Left-Hippocampus", "grey/white contrast is low"]
+    assert 'class="badge error"' in text
+    assert dict((r[0], r[1]) for r in body_rows(parser, "qc-metrics")) == {"snr": "23.1", "cnr": "2.5"}
+
+
+def test_provenance(full_report: tuple[Path, dict[str, Any], str]) -> None:
+    _, _, text = full_report
+    parser = parse_tables(text)
+    run = dict((r[0], r[1]) for r in body_rows(parser, "run"))
+    assert run["mriquant version"] == "9.8.7"
+    assert run["Method"] == "gmm-mrf"
+    assert run["Command"] == "run scan.nii.gz out"
+    assert body_rows(parser, "steps") == [["n4-bias", "0.1", '{"shrink": 4}', "3.25"]]
+    assert body_rows(parser, "inputs") == [["/data/scan.nii.gz", "0123456789abcdef" * 4, "12345"]]
+    versions = dict((r[0], r[1]) for r in body_rows(parser, "versions"))
+    assert versions["numpy"] == "1.26.4" and versions["torch"].startswith("—")
+
+
+def test_number_formatting_of_numpy_scalars_and_nan() -> None:
+    assert rhtml.ml(np.float32(1.23456)) == "1.23"
+    assert rhtml.ml(np.int64(2)) == "2.00"
+    assert rhtml.ml(float("nan"), missing="r") == rhtml.Missing("r (not a finite number)")
+    assert rhtml.scalar(np.float64(0.000123456)) == "0.0001235"
+    assert rhtml.scalar({"b": [1, 2]}) == '{"b": [1, 2]}'
+
+
+# --- PDF ---
+
+
+def test_pdf_pages_and_text(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = volumes_of(phantom)
+    with matplotlib.rc_context({"pdf.compression": 0}):
+        build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=QC, header=HEADER,
+                     brain_mask=phantom.brain_mask, tissue=phantom.tissue, dseg=phantom.structures)
+    data = (tmp_path / "report.pdf").read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    assert pdf_pages(data) == 3  # the planes figure, then two pages of tables
+    text = pdf_text(data)
+    for s in volumes["structures"]:
+        assert re.search(rf"\b{s['label']}\s+{re.escape(s['name'])}\s+{s['volume_ml']:.2f}\b", text), s["name"]
+    assert "LOW_CNR" in text and "0123456789abcdef" in text and "Page 3 of 3" in text
+
+
+def test_pdf_minimal_report_has_two_pages(phantom: Phantom, tmp_path: Path) -> None:
+    build_report(tmp_path, image=phantom.image, volumes={}, manifest={})
+    data = (tmp_path / "report.pdf").read_bytes()
+    assert data.startswith(b"%PDF-")
+    assert pdf_pages(data) == 2  # one figure page, one table page
+
+
+# --- Longitudinal ---
+
+
+def _change(volumes: dict[str, Any]) -> dict[str, Any]:
+    rows = []
+    for n, s in enumerate(volumes["structures"]):
+        base = s["volume_ml"]
+        follow = base * (1 - 0.01 * (n % 4))
+        rows.append({"label": s["label"], "name": s["name"], "baseline_ml": base, "followup_ml": follow,
+                     "change_ml": follow - base, "change_percent": 100 * (follow - base) / base,
+                     "annualised_percent": None})
+    return {"interval_years": None, "pbvc_percent": -0.75, "structures": rows}
+
+
+def test_change_report(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = volumes_of(phantom)
+    change = _change(volumes)
+    followup = make_phantom(spacing=(5.0, 5.0, 5.0), orientation="RAS", seed=4).image
+    names = build_change_report(tmp_path, baseline=phantom.image, followup=followup, change=change,
+                                volumes=volumes, manifest=MANIFEST, tissue=phantom.tissue, dseg=phantom.structures)
+    assert names == list(REPORT_FILES)
+    text = (tmp_path / "report.html").read_text("utf-8")
+    parser = parse_tables(text)
+    rows = body_rows(parser, "change")
+    assert len(rows) == len(change["structures"])
+    for row, c in zip(rows, change["structures"], strict=True):
+        assert row[:7] == [str(c["label"]), c["name"], f"{c['baseline_ml']:.2f}", f"{c['followup_ml']:.2f}",
+                           f"{c['change_ml']:.2f}", f"{c['change_percent']:.2f}", row[6]]
+        assert row[6].startswith("—")  # no interval: annualised change undefined
+    summary = dict((r[0], r[1]) for r in body_rows(parser, "change-summary"))
+    assert summary["Percentage brain volume change (PBVC)"] == "-0.75"
+    assert summary["Interval between scans"].startswith("—")
+    for key in ("planes", "followup", "change"):
+        assert f'id="figure-{key}"' in text
+    assert pdf_pages((tmp_path / "report.pdf").read_bytes()) >= 3 + 2  # three figures + tables
+
+
+# --- Figures ---
+
+
+def _right_hemisphere(ph: Phantom) -> LabelImage:
+    """Tissue labels kept only where world x > 0 (the patient's right)."""
+    i, j, k = np.indices(ph.tissue.shape)
+    x = ph.tissue.affine[0, 0] * i + ph.tissue.affine[0, 1] * j + ph.tissue.affine[0, 2] * k + ph.tissue.affine[0, 3]
+    return LabelImage(np.where(x > 5, ph.tissue.array, 0), ph.tissue.affine)
+
+
+@pytest.mark.parametrize(("convention", "right_on_left"), [("radiological", True), ("neurological", False)])
+def test_left_right_convention(phantom: Phantom, convention: rfig.Convention, right_on_left: bool) -> None:
+    ras = reorient(phantom.image, "RAS")
+    right = _right_hemisphere(phantom)
+    cut = rfig._cut_index(ras, rfig.brain_centre_mm(phantom.image, [phantom.brain_mask]))
+    for plane in ("axial", "coronal"):
+        panel = rfig._panel(ras, plane, cut, convention)
+        labels = rfig._label_slice(right, ras, panel)
+        half = labels.shape[1] // 2
+        left_half, right_half = bool(labels[:, :half].any()), bool(labels[:, half:].any())
+        assert (left_half, right_half) == (right_on_left, not right_on_left), plane
+        assert panel.letters[:2] == (("R", "L") if right_on_left else ("L", "R"))
+    sagittal = rfig._panel(ras, "sagittal", cut, convention)
+    assert sagittal.letters == ("A", "P", "I", "S")
+    # anterior on the left: the world y of the first column exceeds that of the last
+    y = ras.affine[1, :3] @ sagittal.ijk[:, 0, :]
+    assert y[0] > y[-1]
+
+
+def test_label_slices_follow_world_position_across_grids(phantom: Phantom) -> None:
+    """Labels on another grid (other orientation and spacing) land on the same anatomy."""
+    ras = reorient(phantom.image, "RAS")
+    other = make_phantom(spacing=(2.0, 2.0, 2.0), orientation="PSR", seed=3).tissue
+    cut = rfig._cut_index(ras, rfig.brain_centre_mm(phantom.image, [phantom.brain_mask]))
+    for plane in rfig.PLANES:
+        panel = rfig._panel(ras, plane, cut, "radiological")
+        same = rfig._label_slice(phantom.tissue, ras, panel)
+        resampled = rfig._label_slice(other, ras, panel)
+        union = (same > 0) | (resampled > 0)
+        assert union.sum() > 300
+        assert np.mean(same[union] == resampled[union]) > 0.7, plane  # 4 mm vs 2 mm voxels: edges differ
+
+
+def test_anisotropic_aspect(phantom: Phantom) -> None:
+    ras = reorient(phantom.image, "RAS")
+    sx, sy, sz = ras.spacing
+    assert (sx, sy, sz) == pytest.approx((4.0, 4.0, 5.0))
+    cut = (0, 0, 0)
+    aspects = {p: rfig._panel(ras, p, cut, "radiological").aspect for p in rfig.PLANES}
+    assert aspects == pytest.approx({"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy})
+
+
+def test_dollar_signs_do_not_break_figures() -> None:
+    change = {"interval_years": 1.0, "pbvc_percent": 1.0,
+              "structures": [{"label": 17, "name": "cost $5 and $x^2$ {", "change_percent": 2.0}]}
+    fig = rfig.change_figure(change)
+    assert fig is not None
+    assert rfig.png_data_uri(fig.figure).startswith("data:image/png;base64,")
+    assert rfig.change_figure({"structures": [{"label": 17, "change_percent": None}]}) is None
+
+
+def test_planes_figure_is_fast_on_a_256_cube() -> None:
+    shape = (256, 256, 256)
+    grid = np.indices(shape, dtype=np.float32, sparse=True)
+    r = np.sqrt(sum((g - 128.0) ** 2 for g in grid))
+    image = Image((r < 100).astype(np.float32) * 100 + (r < 60) * 50, np.diag([0.9, 0.9, 1.2, 1.0]))
+    tissue = LabelImage(np.select([r < 40, r < 60, r < 100], [3, 2, 1], 0).astype(np.uint8), image.affine)
+    dseg = LabelImage(np.where(r < 30, 17, np.where(r < 60, 2, 0)).astype(np.int16), image.affine)
+    mask = LabelImage((r < 100).astype(np.uint8), image.affine)
+    start = time.perf_counter()
+    fig = rfig.planes_figure(image, overlays=[rfig.Overlay("Tissue", tissue, TISSUES),
+                                              rfig.Overlay("Structures", dseg, freesurfer())], brain_mask=mask)
+    rfig.png_data_uri(fig.figure)
+    assert time.perf_counter() - start < 3.0
+
+
+# --- Errors ---
+
+
+def test_folder_that_is_a_file_is_refused(phantom: Phantom, tmp_path: Path) -> None:
+    target = tmp_path / "report"
+    target.write_text("x")
+    with pytest.raises(OutputError, match="Expected a folder"):
+        build_report(target, image=phantom.image, volumes={}, manifest={})
+
+
+def test_volumes_must_be_a_mapping(phantom: Phantom, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="volumes"):
+        build_report(tmp_path, image=phantom.image, volumes=[], manifest={})  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
+# --- Browser screenshot ---
+
+
+def _rgb_present(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 6) -> bool:
+    return bool(np.any(np.all(np.abs(pixels - np.asarray(rgb)) <= tol, axis=-1)))
+
+
+def _blended_over_gray(pixels: np.ndarray, rgb: tuple[int, int, int]) -> int:
+    """Pixels that look like ``rgb`` at the overlay opacity over a grey scan (count)."""
+    alpha = rfig.OVERLAY_ALPHA
+    base = pixels - alpha * np.asarray(rgb)  # = (1 - alpha) * grey when the pixel is such a blend
+    grey = base.mean(axis=-1, keepdims=True)
+    return int(np.count_nonzero(np.all(np.abs(base - grey) <= 4, axis=-1) & (grey[..., 0] >= 0)
+                                & (np.ptp(pixels, axis=-1) > 20)))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed (apt-get install chromium)")
+def test_screenshot_in_chromium(full_report: tuple[Path, dict[str, Any], str], tmp_path: Path) -> None:
+    folder, _, _ = full_report
+    shot = tmp_path / "shot.png"
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--force-color-profile=srgb", f"--screenshot={shot}", "--window-size=1200,2000",
+               (folder / "report.html").resolve().as_uri()]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    import matplotlib.image
+
+    pixels = np.round(matplotlib.image.imread(shot)[..., :3] * 255).astype(np.int16)
+    assert pixels.shape[:2] == (2000, 1200)
+    distinct = np.unique(pixels.reshape(-1, 3)[::7], axis=0)
+    assert len(distinct) > 200, "the page looks blank"
+    for label in (TISSUES.by_id(1), TISSUES.by_id(2), freesurfer().by_id(10), freesurfer().by_id(12)):
+        assert _rgb_present(pixels, label.rgb), f"colour of {label.name} {label.rgb} not on screen (swatch/legend)"
+    for label in (TISSUES.by_id(1), TISSUES.by_id(2)):
+        assert _blended_over_gray(pixels, label.rgb) > 500, f"no {label.name} overlay on the scan"
+
+
+def test_inputs_are_not_modified(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = volumes_of(phantom)
+    before = copy.deepcopy((volumes, MANIFEST, QC))
+    build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=QC)
+    assert (volumes, MANIFEST, QC) == before
