@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mriquant import __version__
 from mriquant.core.errors import MriquantError
@@ -311,7 +311,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
         task = bar.add_task("preprocessing", total=None)
         case = prepare_for_segmentation(
-            case, skullstripped=args.skullstripped, needs_registration=cls.needs_registration
+            case,
+            skullstripped=args.skullstripped,
+            needs_registration=cls.needs_registration,
+            registration=cast(Any, cls.registration_kind),
         )
         bar.update(task, description=f"segmenting ({args.method})")
         case = segment_step(case, segmenter)

@@ -153,7 +153,13 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
     return written
 
 
-def prepare_for_segmentation(case: Case, *, skullstripped: bool, needs_registration: bool) -> Case:
+def prepare_for_segmentation(
+    case: Case,
+    *,
+    skullstripped: bool,
+    needs_registration: bool,
+    registration: Literal["rigid", "affine", "syn"] = "affine",
+) -> Case:
     """Preprocess ``case`` as a segmenter needs it.
 
     Without ``skullstripped``: N4, skull stripping, and registration to MNI152 when the
@@ -161,7 +167,7 @@ def prepare_for_segmentation(case: Case, *, skullstripped: bool, needs_registrat
     and N4 runs inside it.
     """
     steps: tuple[str, ...] = ("n4", "skullstrip") + (("register",) if needs_registration else ())
-    return preprocess(case, PreprocessConfig(steps=steps, skullstripped=skullstripped))
+    return preprocess(case, PreprocessConfig(steps=steps, skullstripped=skullstripped, registration=registration))
 
 
 def write_segment_outputs(case: Case, folder: Path) -> list[str]:

@@ -226,6 +226,10 @@ class TransformFile:
     role: str
 
 
+#: Fill value marking "outside the template" in coordinate warps (far beyond any head, in mm).
+_OUTSIDE = 1.0e6
+
+
 class _Folder:
     """A private temporary folder deleted when the last object holding it is collected."""
 
@@ -345,6 +349,30 @@ class Transform:
         steps = self.forward if direction == "to_template" else self.inverse
         warped = _apply_files(image, target, steps, method, fill)
         return type(image)(warped, target.affine.copy(), dict(image.meta))
+
+    def template_coordinates(self) -> npt.NDArray[np.float32]:
+        """Template world coordinates (RAS+ mm) of every voxel of the subject grid.
+
+        Returns
+        -------
+        numpy.ndarray, shape (3, I, J, K), float32
+            ``out[:, i, j, k]`` is where subject voxel ``(i, j, k)`` lands in the template
+            (deformation included); NaN where it falls outside the template's field of view.
+            Lets many template-space maps be sampled at the subject's voxels with one warp
+            (three coordinate images) instead of one warp per map.
+
+        """
+        grid = self.template
+        ijk = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
+        world = (grid.affine[:3, :3].astype(np.float32) @ ijk + grid.affine[:3, 3:4].astype(np.float32)).reshape(
+            3, *grid.shape
+        )
+        out = np.empty((3, *self.subject.shape), np.float32)
+        for axis in range(3):
+            coordinate = Image(world[axis], grid.affine.copy())
+            out[axis] = _apply_files(coordinate, self.subject, self.inverse, "linear", _OUTSIDE)
+        out[:, np.any(np.abs(out) > 1000.0, axis=0)] = np.nan  # mixed with the fill value: no head is 1 m wide
+        return out
 
     def affine_ras(self) -> npt.NDArray[np.float64]:
         """The linear part as a 4x4 RAS+ world-to-world matrix mapping subject mm to template mm.

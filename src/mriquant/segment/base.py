@@ -94,6 +94,8 @@ class Segmenter(ABC):
     #: Whether the method uses a transform to MNI152 (``self.to_mni``); the pipeline then
     #: registers first and sets it, otherwise the method registers by itself when it needs to.
     needs_registration: ClassVar[bool] = False
+    #: The registration the method needs when ``needs_registration`` ("rigid", "affine" or "syn").
+    registration_kind: ClassVar[str] = "affine"
 
     def __init__(self, options: Any = None, *, to_mni: Any = None) -> None:
         self.to_mni = to_mni
