@@ -15,6 +15,7 @@ from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import TISSUES, freesurfer
 from mriquant.segment import Segmentation, Segmenter, registry
 from mriquant.testing.phantom import ORIENTATION_CODES, Phantom, PhantomSpec, make_phantom
+from mriquant.testing.transforms import WorldIdentity
 
 METHODS = sorted(registry())
 #: Methods too slow for 48 runs in CI get a sample of orientations (they register or run a network).
@@ -34,9 +35,16 @@ def phantom() -> Phantom:
 _CACHE: dict[tuple[str, str], Segmentation] = {}
 
 
+def _make(method: str, image: Image) -> Segmenter:
+    """The method with default options; methods that use a transform to MNI152 get a world-identity
+    stand-in (registration is tested in test_preprocess_register; here only the segmenter's contract is)."""
+    cls = registry()[method]
+    return cls(to_mni=WorldIdentity(image)) if cls.needs_registration else cls()
+
+
 def _run(method: str, phantom: Phantom, key: str = "RAS") -> Segmentation:
     if (method, key) not in _CACHE:
-        _CACHE[(method, key)] = registry()[method]().segment(phantom.image, phantom.brain_mask)
+        _CACHE[(method, key)] = _make(method, phantom.image).segment(phantom.image, phantom.brain_mask)
     return _CACHE[(method, key)]
 
 
@@ -87,14 +95,14 @@ def test_probabilities_sum_to_one_inside_mask(method: str, phantom: Phantom) -> 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_deterministic(method: str, phantom: Phantom) -> None:
-    again = registry()[method]().segment(phantom.image, phantom.brain_mask)
+    again = _make(method, phantom.image).segment(phantom.image, phantom.brain_mask)
     for a, b in zip(_outputs(_run(method, phantom)), _outputs(again), strict=True):
         np.testing.assert_array_equal(a.array, b.array)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_rejects_empty_mask_and_mask_off_grid(method: str, phantom: Phantom) -> None:
-    seg = registry()[method]()
+    seg = _make(method, phantom.image)
     empty = phantom.brain_mask.with_array(np.zeros_like(phantom.brain_mask.array))
     with pytest.raises(InputError, match="empty"):
         seg.segment(phantom.image, empty)
@@ -108,7 +116,7 @@ def test_rejects_empty_mask_and_mask_off_grid(method: str, phantom: Phantom) -> 
 def test_rejects_constant_image(method: str, phantom: Phantom) -> None:
     flat = Image(np.full(phantom.image.shape, 100.0, np.float32), phantom.image.affine)
     with pytest.raises(InputError):
-        registry()[method]().segment(flat, phantom.brain_mask)
+        _make(method, flat).segment(flat, phantom.brain_mask)
 
 
 def _orientation_cases() -> list[tuple[str, str]]:
@@ -123,7 +131,7 @@ def _orientation_cases() -> list[tuple[str, str]]:
 def test_same_world_result_in_every_orientation(method: str, code: str, phantom: Phantom) -> None:
     reference = _outputs(_run(method, phantom))
     other = make_phantom(_spec(code))
-    seg = registry()[method]().segment(other.image, other.brain_mask)
+    seg = _make(method, other.image).segment(other.image, other.brain_mask)
     for ref, out in zip(reference, _outputs(seg), strict=True):
         assert out.same_grid(other.image)
         back = reorient(out, "RAS")

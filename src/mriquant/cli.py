@@ -9,6 +9,7 @@ exit code 2; nothing is written for a failed command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -115,9 +116,16 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the full pipeline: preprocess, segment, quantify, report")
     _add_input_options(p)
     _add_output_options(p)
-    p.add_argument("--method", default=None, help="segmentation method (see `mriquant info`)")
+    p.add_argument(
+        "--method",
+        default=None,
+        help="replace the default tissue (mrf) or structure (atlas) method by this one (see `mriquant info`)",
+    )
+    p.add_argument("--no-structures", action="store_true", help="tissues only (no dseg.nii.gz, faster)")
+    p.add_argument("--save-maps", action="store_true", help="also write tissue probability and partial-volume maps")
     p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
     p.set_defaults(handler=_cmd_run)
+    _add_method_flags(p, argv, default=None)
 
     p = sub.add_parser("longitudinal", help="change between a baseline and a follow-up scan")
     p.add_argument("baseline", type=Path)
@@ -241,36 +249,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from mriquant import manifest
+    from mriquant.cli_options import options_from_args
     from mriquant.core.case import Case
     from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.pipeline import RunConfig, quantify_case, run_pipeline, write_run_outputs
+    from mriquant.segment import get_segmenter
 
+    options = options_from_args(args, get_segmenter(args.method).options_type) if args.method else None
+    config = RunConfig.for_method(args.method, options, skullstripped=args.skullstripped)
+    if args.no_structures:
+        config = dataclasses.replace(config, structure_method=None)
     started, t0 = _now(), time.perf_counter()
-    with _progress(args.quiet) as progress:
-        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=progress))
-    with case.step("read", {"input": str(args.input), "volume": args.volume, "series": args.series}):
-        pass
-    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
-        data = manifest.build(
-            command="run",
-            argv=args.argv,
-            parameters={"method": args.method, "skullstripped": args.skullstripped},
-            inputs=[args.input],
-            outputs=["manifest.json"],
-            steps=case.provenance,
-            started=started,
-            seconds=time.perf_counter() - t0,
-            extra={
-                "input_geometry": _geometry(case.image),
-                "status": "input validated; preprocessing, segmentation and quantification have not landed yet",
-            },
-        )
-        write_json(data, staging / "manifest.json")
-    print(
-        f"mriquant run: read and validated {args.input.name} (shape {case.image.shape}, "
-        f"{case.image.axcodes}); segmentation is not available in mriquant {__version__} yet, "
-        f"so {args.output} holds only manifest.json.",
-        file=sys.stderr,
-    )
+    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
+        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
+        task = bar.add_task("preprocessing", total=None)
+        case = run_pipeline(case, config, progress=lambda text: bar.update(task, description=text))
+        bar.update(task, description="measuring")
+        with case.step("quantify", {}):
+            volumes = quantify_case(case)
+        bar.update(task, description="writing the report")
+
+        def document(outputs: list[str]) -> dict[str, Any]:
+            return manifest.build(
+                command="run", argv=args.argv, parameters=config.as_dict(), inputs=[args.input], outputs=outputs,
+                steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
+                extra={"input_geometry": _geometry(case.image)},
+            )  # fmt: skip
+
+        outputs = write_run_outputs(case, staging, volumes, manifest=document([]), source=args.input,
+                                    maps=args.save_maps)  # fmt: skip
+        bar.remove_task(task)
+        write_json(document([*outputs, "manifest.json"]), staging / "manifest.json")
+    log.info("wrote %s (%.0f s)", args.output, time.perf_counter() - t0)
     return 0
 
 

@@ -11,6 +11,7 @@ and normalisation runs last so it is computed inside the final brain mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -170,18 +171,168 @@ def prepare_for_segmentation(
     return preprocess(case, PreprocessConfig(steps=steps, skullstripped=skullstripped, registration=registration))
 
 
-def write_segment_outputs(case: Case, folder: Path) -> list[str]:
-    """Write ``tissue.nii.gz`` / ``dseg.nii.gz``, ``brain_mask.nii.gz`` and ``prob_*.nii.gz``.
+def write_segment_outputs(case: Case, folder: Path, *, maps: bool = True) -> list[str]:
+    """Write ``tissue.nii.gz`` / ``dseg.nii.gz``, ``brain_mask.nii.gz`` and (``maps``) ``prob_*.nii.gz``.
 
-    Returns the file names written; every image is on the input's native grid.
+    Returns the file names written; every image is on the input's native grid. ``maps=False`` skips the
+    probability, partial-volume and bias-field maps.
     """
     written = []
     for key in ("tissue", "dseg", "brain_mask"):
         if key in case.labels:
             write_image(case.labels[key], folder / f"{key}.nii.gz")
             written.append(f"{key}.nii.gz")
-    for key, image in case.images.items():
+    for key, image in case.images.items() if maps else ():
         if key.startswith(("prob_", "pve_")) or key in ("bias_field",):
             write_image(image, folder / f"{key}.nii.gz")
             written.append(f"{key}.nii.gz")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the full pipeline (``mriquant run``)
+
+#: Default methods of ``run``: tissues and structures.
+DEFAULT_TISSUE_METHOD = "mrf"
+DEFAULT_STRUCTURE_METHOD = "atlas"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of ``mriquant run``.
+
+    Attributes
+    ----------
+    tissue_method, structure_method : str or None
+        Segmenters for ``tissue.nii.gz`` and ``dseg.nii.gz`` (None skips that output).
+    tissue_options, structure_options : object, optional
+        Their options dataclasses (defaults when None).
+    skullstripped : bool
+        The input is already skull-stripped.
+    """
+
+    tissue_method: str | None = DEFAULT_TISSUE_METHOD
+    structure_method: str | None = DEFAULT_STRUCTURE_METHOD
+    tissue_options: Any = None
+    structure_options: Any = None
+    skullstripped: bool = False
+
+    @classmethod
+    def for_method(cls, method: str | None, options: Any = None, *, skullstripped: bool = False) -> RunConfig:
+        """The config where ``method`` replaces the default of its kind (tissue or structure)."""
+        from mriquant.segment import get_segmenter
+
+        if method is None:
+            return cls(skullstripped=skullstripped)
+        kind = get_segmenter(method).kind
+        if kind == "tissue":
+            return cls(tissue_method=method, tissue_options=options, skullstripped=skullstripped)
+        if kind == "structure":
+            return cls(structure_method=method, structure_options=options, skullstripped=skullstripped)
+        raise InputError(
+            f"Expected a tissue or structure method for run, found {method!r} ({kind}); "
+            f"use `mriquant segment --method {method}` for single regions."
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (options as dictionaries)."""
+        def options(value: Any) -> Any:
+            return asdict(value) if value is not None else None
+
+        return {"tissue_method": self.tissue_method, "structure_method": self.structure_method,
+                "tissue_options": options(self.tissue_options), "structure_options": options(self.structure_options),
+                "skullstripped": self.skullstripped}  # fmt: skip
+
+
+def _segmenters(config: RunConfig) -> list[Any]:
+    from mriquant.segment import get_segmenter
+
+    out = []
+    for name, options in ((config.tissue_method, config.tissue_options),
+                          (config.structure_method, config.structure_options)):  # fmt: skip
+        if name is not None:
+            out.append(get_segmenter(name)(options))
+    return out
+
+
+def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], None] | None = None) -> Case:
+    """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``."""
+    from mriquant.segment import segment_step
+
+    segmenters = _segmenters(config)
+    kinds = [s.registration_kind for s in segmenters if s.needs_registration]
+    registration: Literal["rigid", "affine", "syn"] = "syn" if "syn" in kinds else "affine"
+    if progress:
+        progress("preprocessing")
+    case = prepare_for_segmentation(
+        case, skullstripped=config.skullstripped, needs_registration=bool(kinds), registration=registration
+    )
+    for segmenter in segmenters:
+        if progress:
+            progress(f"segmenting ({segmenter.name})")
+        case = segment_step(case, segmenter)
+    return case
+
+
+def quantify_case(case: Case) -> dict[str, Any]:
+    """Shape, QC and volumes of a segmented case: the ``volumes.json`` document."""
+    from mriquant.core.labels import TISSUES, freesurfer
+    from mriquant.quantify.measure import measure
+    from mriquant.quantify.qc import quality_control
+    from mriquant.quantify.shape import structure_shapes
+
+    dseg = case.labels.get("dseg")
+    shapes = structure_shapes(dseg, table=freesurfer()) if dseg is not None else None
+    transform = case.transforms.get("to_mni")
+    quality = transform.meta.get("quality") if transform is not None else None
+    probabilities = {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
+    qc = quality_control(
+        case.image,
+        brain_mask=case.labels.get("brain_mask"),
+        tissue=case.labels.get("tissue"),
+        dseg=dseg,
+        probabilities=probabilities or None,
+        registration=quality,
+        shapes=shapes,
+    )
+    return measure(case, qc=qc, shapes=shapes)
+
+
+def write_run_outputs(
+    case: Case, folder: Path, volumes: dict[str, Any], *, manifest: dict[str, Any], source: Path, maps: bool = False
+) -> list[str]:
+    """Write every output of ``run`` except ``manifest.json``; return the names written.
+
+    Label images (native grid; with ``maps`` also the tissue probability / partial-volume maps),
+    ``volumes.json``, ``volumes.csv``, ``report.html`` / ``report.pdf``, and for DICOM input ``seg.dcm``,
+    ``sr.dcm`` and ``report_pdf.dcm`` (same study as the source).
+    """
+    from mriquant.core.labels import freesurfer
+    from mriquant.io import write_json
+    from mriquant.io.write import atomic_path
+    from mriquant.quantify.measure import volumes_csv
+    from mriquant.report import build_report
+
+    written = write_segment_outputs(case, folder, maps=maps)
+    write_json(volumes, folder / "volumes.json")
+    with atomic_path(folder / "volumes.csv") as tmp:
+        tmp.write_text(volumes_csv(volumes))
+    written += ["volumes.json", "volumes.csv"]
+    written += build_report(
+        folder,
+        image=case.image,
+        volumes=volumes,
+        manifest=manifest,
+        brain_mask=case.labels.get("brain_mask"),
+        tissue=case.labels.get("tissue"),
+        dseg=case.labels.get("dseg"),
+        qc=volumes.get("qc"),
+    )
+    if case.image.meta.get("format") == "dicom" and "dseg" in case.labels:
+        from mriquant.report.dicom_export import export_dicom
+
+        written += export_dicom(
+            folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
+            pdf=folder / "report.pdf",
+        )  # fmt: skip
     return written

@@ -41,6 +41,19 @@ def guard_inputs(output: Path, inputs: Iterable[Path]) -> None:
             )
 
 
+def _read_umask() -> int:
+    """The process umask (read by setting and restoring it, at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Modes ``open()`` / ``mkdir()`` would give: mkstemp/mkdtemp make 0600/0700, outputs get these instead.
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds."""
@@ -51,6 +64,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -146,6 +161,7 @@ def output_folder(outdir: Path, *, force: bool = False, inputs: Iterable[Path] =
         raise OutputError(f"Expected a folder for the outputs, found a file at {outdir}; choose another path.")
     outdir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    os.chmod(staging, _DIR_MODE)
     try:
         yield staging
         if outdir.exists():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -61,8 +61,15 @@ class SkullStripOptions:
 
     Attributes
     ----------
+    method : {"atlas", "cnn"}
+        ``atlas``: register simulated heads with known brains to the scan
+        (:mod:`mriquant.preprocess.skullstrip_atlas`; the default: measured on real scans where the
+        CNN still fails); ``cnn``: the synthesis-trained U-Net.
+    atlases : int
+        Head atlases registered by the ``atlas`` method (more: slower, slightly more accurate).
     threshold : float, optional
-        Probability above which a voxel is brain; default: the model's calibrated threshold.
+        Probability above which a voxel is brain; default: 0.5 for ``atlas``, the model's calibrated
+        threshold for ``cnn``.
     detect_stripped : bool
         Return the non-zero region of an already skull-stripped input instead of running the network.
     keep_probability : bool
@@ -78,6 +85,8 @@ class SkullStripOptions:
 
     """
 
+    method: Literal["atlas", "cnn"] = "atlas"
+    atlases: int = 1
     threshold: float | None = None
     detect_stripped: bool = True
     keep_probability: bool = True
@@ -86,6 +95,11 @@ class SkullStripOptions:
     max_slice_mm: float = 8.0
     max_grid: tuple[int, int, int] = (128, 144, 136)
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("atlas", "cnn") or self.atlases < 1:
+            raise InputError(f"Expected method 'atlas' or 'cnn' and atlases >= 1, found {self.method!r} and "
+                             f"{self.atlases}; fix the skull-stripping options.")  # fmt: skip
 
 
 @dataclass
@@ -461,9 +475,15 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         evidence = detect_stripped(image)
         if evidence.is_stripped:
             return _stripped_result(image, evidence)
-    net, entry = load_model()
-    probability, _, cropped = predict_probability(net, image, limit=opts.max_grid, threads=opts.threads)
-    threshold = opts.threshold if opts.threshold is not None else float(entry.get("threshold", 0.5))
+    if opts.method == "atlas":
+        from mriquant.preprocess.skullstrip_atlas import atlas_brain_probability
+
+        probability, _ = atlas_brain_probability(image, atlases=opts.atlases)
+        cropped, threshold = False, opts.threshold if opts.threshold is not None else 0.5
+    else:
+        net, entry = load_model()
+        probability, _, cropped = predict_probability(net, image, limit=opts.max_grid, threads=opts.threads)
+        threshold = opts.threshold if opts.threshold is not None else float(entry.get("threshold", 0.5))
     mask = postprocess(probability.array, threshold)
     volume = _check_brain(mask, image, opts)
     notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
@@ -484,7 +504,11 @@ def skullstrip_step(case: Case, *, options: SkullStripOptions | None = None) -> 
     out = case.evolve()
     with out.step("skullstrip", {"input": source, **asdict(opts)}) as record:
         result = skullstrip(image, options=opts)
-        if not result.already_stripped:
+        if not result.already_stripped and opts.method == "atlas":
+            from mriquant.preprocess.skullstrip_atlas import load_head_atlases
+
+            record.update(head_atlases=list(load_head_atlases().names[: opts.atlases]))
+        if not result.already_stripped and opts.method == "cnn":
             _, entry = load_model()
             threshold = opts.threshold if opts.threshold is not None else entry.get("threshold", 0.5)
             record.update(model=MODEL_NAME, model_version=entry.get("version"), model_sha256=entry.get("sha256"),

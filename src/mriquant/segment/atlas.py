@@ -359,12 +359,16 @@ class AtlasSegmenter(Segmenter):
         t0 = time.perf_counter()
         atlas = self._atlas()
         region = Region.of(image, mask)
+        inside = image.array[region.box][region.mask]
+        if not np.all(np.isfinite(inside)) or float(np.ptp(inside)) == 0.0:
+            raise InputError("Expected finite, varying intensities inside the brain mask, found a constant or "
+                             "non-finite image; check the input and the mask.")  # fmt: skip
         tx = self._transform(image, mask)
         t1 = time.perf_counter()
         world = tx.template_coordinates()[(slice(None), *region.box)][:, region.mask]
         outside = np.isnan(world).any(axis=0)
         world = np.nan_to_num(world, nan=1e4)
-        x = image.array[region.box][region.mask].astype(np.float32)
+        x = inside.astype(np.float32)
         priors, info = self._priors(atlas, x, world, region)
         priors[:, outside] = 0.0
         priors[0, outside] = 1.0
