@@ -2,7 +2,10 @@
 
 Usage::
 
-    python bench/preprocess.py [--grid quick|full] [--methods mriquant,hdbet,deepbet,ants] [--work DIR]
+    python bench/preprocess.py [--grid quick|full] [--methods mriquant,mriquant-cnn,hdbet,deepbet,ants] [--work DIR]
+
+``mriquant`` is the default skull stripping (``method="atlas"``: simulated BrainWeb heads of anatomies 18, 20,
+38, 41, 42 registered to the scan); ``mriquant-cnn`` the synthesis-trained U-Net (``method="cnn"``).
 
 Inputs (same for every method):
 
@@ -49,7 +52,7 @@ GRIDS = {
     "full": [(n, b) for n in (0.0, 0.03, 0.09) for b in (0.0, 0.2, 0.4)],
     "smoke": [(0.03, 0.2)],
 }
-METHODS = ("mriquant", "hdbet", "deepbet", "ants")
+METHODS = ("mriquant", "mriquant-cnn", "hdbet", "deepbet", "ants")
 
 
 @dataclass
@@ -126,10 +129,12 @@ def real_cases(work: Path) -> list[Case]:
 # --------------------------------------------------------------------------- methods (run in a child)
 
 
-def run_mriquant(image: Any) -> Any:
+def run_mriquant(image: Any, method: str = "atlas") -> Any:
+    """mriquant's default skull stripping (``atlas``: registered simulated heads) or its CNN (``cnn``)."""
     from mriquant.preprocess.skullstrip import SkullStripOptions, skullstrip
 
-    return skullstrip(image, options=SkullStripOptions(keep_probability=False, threads=2)).mask
+    options = SkullStripOptions(method=method, keep_probability=False, threads=2)  # type: ignore[arg-type]
+    return skullstrip(image, options=options).mask
 
 
 def run_hdbet(image: Any) -> Any:
@@ -217,6 +222,8 @@ def worker(method: str, image_path: str, out_path: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if method == "mriquant":
             mask = run_mriquant(image)
+        elif method == "mriquant-cnn":
+            mask = run_mriquant(image, "cnn")
         elif method == "hdbet":
             mask = run_hdbet(image)
         elif method == "deepbet":

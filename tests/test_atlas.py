@@ -44,7 +44,7 @@ def test_points_off_the_atlas_are_background() -> None:
     world = np.array([[-5.0, 30.0], [2.0, 2.0], [2.0, 2.0]], np.float32)
     priors = sample_priors(_ramp_atlas(), world)
     np.testing.assert_allclose(priors[0], 1.0)
-    flat, weight = trilinear((20, 6, 6), np.array([[19.5], [0.0], [0.0]], np.float32))
+    _flat, weight = trilinear((20, 6, 6), np.array([[19.5], [0.0], [0.0]], np.float32))
     assert weight.sum() == pytest.approx(0.5)  # half of the corners lie past the last voxel
 
 
