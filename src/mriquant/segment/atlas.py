@@ -322,7 +322,8 @@ class AtlasSegmenter(Segmenter):
     def _atlas(self) -> Atlas:
         opts: AtlasOptions = self.options
         atlas = default_atlas() if opts.atlas == "default" else load_atlas(opts.atlas)
-        excluded = [name for name in opts.exclude.split(",") if name]
+        members = set(atlas.meta.get("members", []))
+        excluded = [name for name in opts.exclude.split(",") if name in members]  # others: nothing to leave out
         if excluded:
             atlas = atlas.without(excluded)
         if opts.fusion == "local" and not atlas.has_library:
@@ -391,4 +392,5 @@ class AtlasSegmenter(Segmenter):
             confidence={int(ids[c]): round(float(confidence[winner == c].mean()), 4)
                         for c in np.unique(winner) if c != 0},
         )  # fmt: skip
-        return Segmentation(dseg=LabelImage(dseg, image.affine.copy(), {"source": "atlas"}), info=info)
+        meta = {"source": "atlas", "segmentation": "atlas"}  # names the algorithm family in DICOM SEG
+        return Segmentation(dseg=LabelImage(dseg, image.affine.copy(), meta), info=info)
