@@ -260,6 +260,9 @@ _TISSUE_ROWS = (
     ("gm_ml", "Grey matter", 2),
     ("wm_ml", "White matter", 3),
     ("parenchyma_ml", "Parenchyma (GM + WM)", None),
+    ("csf_pv_ml", "CSF, partial-volume estimate", None),
+    ("gm_pv_ml", "Grey matter, partial-volume estimate", None),
+    ("wm_pv_ml", "White matter, partial-volume estimate", None),
 )
 
 
