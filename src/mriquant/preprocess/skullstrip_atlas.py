@@ -2,11 +2,22 @@
 
 A small library of *head atlases* ships with the package (``mriquant/data/heads/``): T1-weighted heads
 simulated with :func:`mriquant.testing.brainweb.simulate` (no noise, no bias, 2 mm) from BrainWeb anatomical
-models, each with its brain mask (GM + WM + CSF inside the dura, partial-volume fractions). Each atlas head
-is registered to the scan (ANTs: affine, then a coarse SyN; Mattes mutual information, so T2/PD/FLAIR
-scans register too) and its brain fraction map warped onto the native grid; the mean of the warped maps is
-the brain probability. No network is involved, so it works on real scans whatever the training of the
-CNN, at the cost of ~10 s of registration per atlas.
+models, each with the fraction of every BrainWeb class (CSF, GM, WM, fat, muscle, skin, skull, vessels,
+dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the dura). For each atlas:
+
+1. affine registration of the T1 head to the scan (ANTs, Mattes mutual information: any contrast);
+2. the atlas classes, carried onto the scan, give the scan's median intensity of each class (inside the
+   eroded class regions);
+3. if that ordering is T1-like (WM > GM > CSF) the simulated T1 head is refined onto the scan with a coarse
+   SyN (Mattes); otherwise (T2, PD, FLAIR, ...) the atlas is *re-rendered in the scan's contrast*
+   (sum over classes of fraction x the scan's class intensity) and refined with SyN on local
+   cross-correlation, which needs matching intensities but is much sharper than mutual information
+   (measured on a held-out BrainWeb anatomy, PD 3 % noise: Dice 0.949 -> 0.977; T2: 0.970 -> 0.971;
+   for T1 the simulated T1 head stays better, 0.975 vs 0.957);
+4. the atlas brain mask is warped onto the native grid.
+
+The mean of the warped masks is the brain probability. No network is involved, so it works on real
+scans whatever the training of the CNN, at the cost of ~10-20 s of registration per atlas.
 
 Build the library (documented command, reads ``../shared/data/brainweb-crisp``)::
 
@@ -36,7 +47,9 @@ __all__ = ["HeadAtlases", "atlas_brain_probability", "load_head_atlases"]
 HEADS_FILE = "brainweb_heads_2mm.npz"
 #: BrainWeb anatomies in the library: none of the benchmark's held-out subjects (04, 05, 06) nor the
 #: skull-strip CNN's validation subject (44).
-HEAD_SUBJECTS = (18, 20, 38, 41, 42)
+HEAD_SUBJECTS = (18, 20, 38)
+#: Class indices (BrainWeb crisp) used to tell a T1-like contrast.
+CSF, GM, WM = 1, 2, 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +70,7 @@ class HeadAtlases:
 
     images: npt.NDArray[np.float16]
     brains: npt.NDArray[np.uint8]
+    fractions: npt.NDArray[np.uint8]
     affines: npt.NDArray[np.float64]
     names: tuple[str, ...]
 
@@ -67,6 +81,14 @@ class HeadAtlases:
         brain = Image(self.brains[i].astype(np.float32) / 255.0, affine.copy(), {"source": "brain fraction"})
         return head, brain
 
+    def class_fractions(self, i: int) -> npt.NDArray[np.float32]:
+        """Fraction (0-1) of every BrainWeb class in each voxel of atlas ``i``, shape (C, X, Y, Z)."""
+        return np.asarray(self.fractions[i], dtype=np.float32) / np.float32(255.0)
+
+    def classes(self, i: int) -> LabelImage:
+        """The majority class of each voxel of atlas ``i``."""
+        return LabelImage(np.argmax(self.fractions[i], axis=0).astype(np.int32), self.affines[i].copy())
+
 
 @lru_cache(maxsize=1)
 def load_head_atlases(path: str | None = None) -> HeadAtlases:
@@ -76,7 +98,7 @@ def load_head_atlases(path: str | None = None) -> HeadAtlases:
         raise InputError(f"Expected the head-atlas library at {file}, found no file; reinstall mriquant.")
     with np.load(file, allow_pickle=False) as data:
         names = tuple(json.loads(bytes(data["names"]).decode()))
-        return HeadAtlases(data["images"], data["brains"], data["affines"].astype(np.float64), names)
+        return HeadAtlases(data["images"], data["brains"], data["fractions"], data["affines"].astype(np.float64), names)
 
 
 def _smooth_fixed(image: Image, spacing_mm: float) -> Any:
@@ -88,19 +110,57 @@ def _smooth_fixed(image: Image, spacing_mm: float) -> Any:
     return to_ants(smooth).resample_image((spacing_mm,) * 3, use_voxels=False, interp_type=0)
 
 
-def _register(fixed: Any, moving: Any, deformable: bool, seed: int) -> list[str]:
-    """Affine (+ coarse SyN) registration of an atlas head to the scan; the forward transform list."""
+def _class_intensities(fixed: Any, classes: Any, n_classes: int) -> npt.NDArray[np.float32]:
+    """Median intensity of the scan in each (eroded) atlas class region carried onto it; 0 when absent."""
+    from scipy import ndimage
+
+    values, labels = fixed.numpy(), np.rint(classes.numpy()).astype(np.int32)
+    out = np.zeros(n_classes, np.float32)
+    for c in range(1, n_classes):  # a loop over ~12 classes, each vectorised
+        region = labels == c
+        core = ndimage.binary_erosion(region)
+        use = core if np.count_nonzero(core) > 50 else region
+        if np.any(use):
+            out[c] = float(np.median(values[use]))
+    return out
+
+
+def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int) -> list[str]:
+    """Coarse SyN (2 levels) from the affine; the forward transform list (warp, affine)."""
     import ants
 
     from mriquant.preprocess.register import _ants_seed
 
     with _ants_seed(seed):
-        if deformable:
-            result = ants.registration(fixed, moving, type_of_transform="SyN", syn_metric="mattes",
-                                       reg_iterations=(40, 20, 0), aff_metric="mattes")  # fmt: skip
-        else:
-            result = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes")
+        result = ants.registration(fixed, moving, type_of_transform="SyNOnly", initial_transform=affine,
+                                   syn_metric=metric, syn_sampling=2 if metric == "CC" else 32,
+                                   reg_iterations=(40, 20, 0))  # fmt: skip
     return list(result["fwdtransforms"])
+
+
+def _register_atlas(fixed: Any, heads: HeadAtlases, i: int, deformable: bool, seed: int) -> tuple[list[str], str]:
+    """Register atlas ``i`` to the scan; the forward transforms and the contrast path taken."""
+    import ants
+
+    from mriquant.preprocess.bias import to_ants
+    from mriquant.preprocess.register import _ants_seed
+
+    head, _ = heads.atlas(i)
+    moving = to_ants(head)
+    with _ants_seed(seed):
+        linear = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes")
+    affine = list(linear["fwdtransforms"])
+    if not deformable:
+        return affine, "affine"
+    classes = heads.classes(i)
+    carried = ants.apply_transforms(fixed, to_ants(classes.with_array(classes.array.astype(np.float32))), affine,
+                                    interpolator="nearestNeighbor")  # fmt: skip
+    fractions = heads.class_fractions(i)
+    lut = _class_intensities(fixed, carried, fractions.shape[0])
+    if lut[WM] > lut[GM] > lut[CSF]:
+        return _refine(fixed, moving, affine[0], "mattes", seed), "T1-like: simulated T1 head, SyN (Mattes)"
+    rendered = Image(np.tensordot(lut, fractions, axes=1).astype(np.float32), head.affine.copy())
+    return _refine(fixed, to_ants(rendered), affine[0], "CC", seed), "re-rendered in the scan's contrast, SyN (CC)"
 
 
 def atlas_brain_probability(
@@ -138,15 +198,17 @@ def atlas_brain_probability(
     fixed = _smooth_fixed(image, 2.0)
     target = to_ants(image)
     total = np.zeros(image.shape, np.float32)
+    paths = []
     for i in range(n):  # a loop over atlases; each registration is vectorised in ANTs
-        head, brain = heads.atlas(i)
-        transforms = _register(fixed, to_ants(head), deformable, seed)
+        _, brain = heads.atlas(i)
+        transforms, path = _register_atlas(fixed, heads, i, deformable, seed)
+        paths.append(path)
         warped = ants.apply_transforms(target, to_ants(brain), transforms, interpolator="linear", defaultvalue=0.0)
         total += from_ants(warped, image).array
         for path in transforms:
             Path(path).unlink(missing_ok=True)
     probability = image.with_array(np.clip(total / n, 0.0, 1.0).astype(np.float32), source="brain probability")
-    info = {"method": "atlas", "atlases": list(heads.names[:n]), "deformable": deformable,
+    info = {"method": "atlas", "atlases": list(heads.names[:n]), "deformable": deformable, "paths": paths,
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     return probability, info
 
@@ -155,17 +217,23 @@ def atlas_brain_probability(
 # building the library
 
 
-def _head(subject: int, data: Path) -> tuple[Image, LabelImage]:
+def _head(subject: int, data: Path) -> tuple[Image, LabelImage, npt.NDArray[np.uint8]]:
     from mriquant.core.geometry import reorient
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.testing.brainweb import CLASS_NAMES, _fractions, simulate
 
     labels = read_labels(data / "brainweb-crisp" / f"subject{subject:02d}_crisp_v.mnc.gz")
     sim = simulate(labels, contrast="T1", noise=0.0, bias=0.0, resolution_mm=2.0, seed=0)
     image = reorient(sim.image, "RAS")
     wm = reorient(sim.tissue, "RAS").array == 3
     image = image.with_array((image.array / np.float32(image.array[wm].mean())).astype(np.float32))
-    return image, reorient(sim.brain_mask, "RAS")
+    counts = _fractions(labels, 4)
+    fractions = np.stack([
+        reorient(Image(counts.counts[c].astype(np.float32) / 64.0, counts.affine), "RAS").array
+        for c in range(len(CLASS_NAMES))
+    ])
+    assert fractions.shape[1:] == image.shape  # the simulation's own 2 mm grid
+    return image, reorient(sim.brain_mask, "RAS"), np.rint(fractions * 255).astype(np.uint8)
 
 
 def _brain_fraction(brain: LabelImage, image: Image) -> npt.NDArray[np.uint8]:
@@ -179,17 +247,22 @@ def _brain_fraction(brain: LabelImage, image: Image) -> npt.NDArray[np.uint8]:
 def build(out: Path, data: Path, subjects: tuple[int, ...] = HEAD_SUBJECTS) -> Path:
     """Simulate the heads of ``subjects`` and write the library to ``out`` (atomic)."""
     heads = [_head(s, data) for s in subjects]
-    shape = np.max([h.shape for h, _ in heads], axis=0)
+    shape = np.max([h.shape for h, _, _ in heads], axis=0)
+    n_classes = heads[0][2].shape[0]
     images = np.zeros((len(heads), *shape), np.float16)
     brains = np.zeros((len(heads), *shape), np.uint8)
-    for i, (head, brain) in enumerate(heads):
+    fractions = np.zeros((len(heads), n_classes, *shape), np.uint8)
+    fractions[:, 0] = 255  # padding is background
+    for i, (head, brain, fraction) in enumerate(heads):
         x, y, z = head.shape
         images[i, :x, :y, :z] = head.array.astype(np.float16)
         brains[i, :x, :y, :z] = _brain_fraction(brain, head)
-    affines = np.stack([h.affine for h, _ in heads])
+        fractions[i, :, :x, :y, :z] = fraction
+    affines = np.stack([h.affine for h, _, _ in heads])
     names = json.dumps([f"brainweb-subject{s:02d}" for s in subjects]).encode()
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=images, brains=brains, affines=affines, names=np.frombuffer(names, np.uint8))
+    np.savez_compressed(tmp, images=images, brains=brains, fractions=fractions, affines=affines,
+                        names=np.frombuffer(names, np.uint8))  # fmt: skip
     os.replace(tmp, out)
     return out
 
