@@ -131,8 +131,15 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("baseline", type=Path)
     p.add_argument("followup", type=Path)
     _add_output_options(p)
-    p.add_argument("--interval-years", type=float, metavar="Y", help="time between the scans")
-    p.set_defaults(handler=_not_yet("longitudinal", "the quantification issue (#6)"))
+    p.add_argument(
+        "--interval-years",
+        type=float,
+        metavar="Y",
+        help="time between the scans (used when the inputs are not both DICOM with dates)",
+    )
+    p.add_argument("--skullstripped", action="store_true", help="both inputs are already skull-stripped")
+    p.add_argument("--no-structures", action="store_true", help="tissues only (no atlas structures, faster)")
+    p.set_defaults(handler=_cmd_longitudinal)
 
     p = sub.add_parser("evaluate", help="compare a label map with a reference: Dice, HD95, ASSD, volume")
     p.add_argument("pred", type=Path, help="predicted label map")
@@ -333,6 +340,81 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
         _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
     return 0
+
+
+def _cmd_longitudinal(args: argparse.Namespace) -> int:
+    from mriquant.core.case import Case
+    from mriquant.core.errors import InputError
+    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, read_image
+    from mriquant.pipeline import RunConfig, prepare_for_segmentation, run_pipeline
+    from mriquant.quantify import longitudinal as lg
+
+    if args.interval_years is not None and not args.interval_years > 0:
+        raise InputError(f"Expected --interval-years > 0, found {args.interval_years}; give the time between "
+                            "the scans in years.")  # fmt: skip
+    config = RunConfig(skullstripped=args.skullstripped)
+    if args.no_structures:
+        config = dataclasses.replace(config, structure_method=None)
+    inputs = [args.baseline, args.followup]
+    started, t0 = _now(), time.perf_counter()
+    with output_folder(args.output, force=args.force, inputs=inputs) as staging, _progress(args.quiet) as bar:
+        task = bar.add_task("reading the scans", total=None)
+        images = [read_image(path, min_voxels=MIN_ANALYSIS_VOXELS) for path in inputs]
+        interval, source = lg.resolve_interval(images[0], images[1], args.interval_years)
+        bar.update(task, description="follow-up: preprocessing")  # first: it is cheaper and refuses a non-brain
+        followup = prepare_for_segmentation(Case(images[1]), skullstripped=args.skullstripped, needs_registration=False)
+        baseline = run_pipeline(
+            Case(images[0]), config, progress=lambda text: bar.update(task, description=f"baseline: {text}")
+        )
+        bar.update(task, description="measuring the change")
+        with baseline.step("longitudinal", {"options": lg.LongitudinalOptions().as_dict()}):
+            result = lg.measure_change(baseline, followup)
+        change = lg.change_document(result, interval_years=interval, interval_source=source)
+        bar.update(task, description="writing the report")
+        _write_longitudinal_outputs(args, staging, baseline, followup, change, config, started, t0)
+        bar.remove_task(task)
+    log.info("wrote %s (PBVC %.2f %%, %.0f s)", args.output, change["pbvc_percent"], time.perf_counter() - t0)
+    return 0
+
+
+def _write_longitudinal_outputs(
+    args: argparse.Namespace, staging: Path, baseline: Any, followup: Any, change: dict[str, Any], config: Any,
+    started: str, t0: float,
+) -> list[str]:  # fmt: skip
+    """Write change.json/.csv, the report and manifest.json of ``longitudinal``; return the names."""
+    from mriquant import manifest
+    from mriquant.io import write_json
+    from mriquant.io.write import atomic_path
+    from mriquant.pipeline import quantify_case
+    from mriquant.quantify.longitudinal import change_csv
+    from mriquant.report import build_change_report
+
+    with baseline.step("quantify", {}):
+        volumes = quantify_case(baseline)
+    write_json(change, staging / "change.json")
+    with atomic_path(staging / "change.csv") as tmp:
+        tmp.write_text(change_csv(change))
+    steps = [*baseline.provenance, *(dataclasses.replace(s, name=f"followup {s.name}") for s in followup.provenance)]
+
+    def document(outputs: list[str]) -> dict[str, Any]:
+        return manifest.build(
+            command="longitudinal", argv=args.argv,
+            parameters={**config.as_dict(), "interval_years": args.interval_years},
+            inputs=[args.baseline, args.followup], outputs=outputs, steps=steps, started=started,
+            seconds=time.perf_counter() - t0,
+            extra={"input_geometry": {"baseline": _geometry(baseline.image), "followup": _geometry(followup.image)}},
+        )  # fmt: skip
+
+    outputs = ["change.json", "change.csv"]
+    outputs += build_change_report(
+        staging, baseline=baseline.images.get("preproc", baseline.image),
+        followup=followup.images.get("preproc", followup.image), change=change, volumes=volumes,
+        manifest=document([]), brain_mask=baseline.labels.get("brain_mask"), tissue=baseline.labels.get("tissue"),
+        dseg=baseline.labels.get("dseg"), qc=volumes.get("qc"),
+    )  # fmt: skip
+    outputs.append("manifest.json")
+    write_json(document(outputs), staging / "manifest.json")
+    return outputs
 
 
 def _write_manifest(

@@ -1,0 +1,207 @@
+"""Benchmark of ``mriquant longitudinal``'s PBVC on simulated BrainWeb pairs with a known brain-volume change.
+
+Pairs (BrainWeb crisp anatomies 04, 05, 06, 0.5 mm labels, simulated T1 at 1 mm):
+
+- ``thin``: baseline = ``simulate(labels, "T1", noise=0.03, bias=0.2, seed=a)``; follow-up = the same
+  anatomy after a cortical thinning (GM voxels of the 0.5 mm model with a CSF face-neighbour become CSF,
+  taken from the top of the head down until ``--loss`` percent of the brain tissue is gone), with the
+  head rotated by a known rigid transform (a few degrees about each axis, applied to the label model
+  with nearest neighbour, so the follow-up has its own partial volume), new noise and bias seeds;
+- ``rescan``: same anatomy, rotated, new noise and bias.
+
+Truth PBVC = 100 * (GM + WM voxels of the follow-up model / GM + WM voxels of the baseline model - 1),
+counted on the 0.5 mm models (so the nearest-neighbour rotation's own small volume change is in the
+truth). Both scans are masked with their simulated brain masks and run with ``skullstripped=True``
+(N4 inside the mask; skull stripping is benchmarked elsewhere), the baseline segmented with ``mrf``
+tissues (no structures), then :func:`mriquant.quantify.longitudinal.measure_change`.
+
+Every pair runs in a forked child: ``s`` is its wall time (preprocessing + segmentation + change),
+``MB`` the child's peak RSS. Results: ``bench/longitudinal_results/latest.md``.
+
+Usage::
+
+    python bench/longitudinal.py [--subjects 04 05 06] [--loss 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from mriquant.core.image import Image, LabelImage
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brainweb-crisp"
+RESULTS = Path(__file__).resolve().parent / "longitudinal_results"
+TARGET_ERROR = 0.3
+TARGET_RESCAN = 0.3
+
+
+def thin_cortex(labels: LabelImage, loss_percent: float) -> LabelImage:
+    """Relabel GM voxels with a CSF face-neighbour as CSF, top of the head first, until ``loss_percent`` is gone.
+
+    Parameters
+    ----------
+    labels : LabelImage
+        BrainWeb crisp model (2 GM, 1 CSF, 3 WM).
+    loss_percent : float
+        Brain-tissue (GM + WM) volume to remove, in percent.
+
+    Returns
+    -------
+    LabelImage
+        The thinned model (one 0.5 mm layer of the GM/CSF boundary in the superior part of the head).
+    """
+    array = labels.array
+    tissue = int(np.isin(array, (2, 3)).sum())
+    boundary = (array == 2) & ndimage.binary_dilation(array == 1, structure=ndimage.generate_binary_structure(3, 1))
+    idx = np.argwhere(boundary)
+    world_z = (labels.affine[:3, :3] @ idx.T.astype(np.float64))[2]
+    take = idx[np.argsort(-world_z)[: round(tissue * loss_percent / 100.0)]]
+    out = array.copy()
+    out[tuple(take.T)] = 1
+    return LabelImage(out, labels.affine.copy(), dict(labels.meta))
+
+
+def rotation_matrix(angles_deg: tuple[float, float, float]) -> npt.NDArray[np.float64]:
+    """3x3 rotation about x, then y, then z (degrees)."""
+    from scipy.spatial.transform import Rotation
+
+    return np.asarray(Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix(), dtype=np.float64)
+
+
+def rotate_labels(labels: LabelImage, angles_deg: tuple[float, float, float], shift_vox: float) -> LabelImage:
+    """Move the head inside the grid: rotate about the grid centre and shift (nearest neighbour, same grid)."""
+    rot = rotation_matrix(angles_deg)
+    centre = (np.array(labels.shape) - 1) / 2.0
+    # output voxel v samples input rot^-1 (v - centre - shift) + centre
+    inv = rot.T
+    offset = centre - inv @ (centre + shift_vox)
+    out = ndimage.affine_transform(labels.array, inv, offset=offset, order=0, mode="constant", cval=0)
+    return LabelImage(out, labels.affine.copy(), dict(labels.meta))
+
+
+def _tissue_voxels(labels: LabelImage) -> int:
+    return int(np.isin(labels.array, (2, 3)).sum())
+
+
+def _scan(labels: LabelImage, seed: int, bias: float) -> Image:
+    from mriquant.testing.brainweb import simulate
+
+    sim = simulate(labels, contrast="T1", noise=0.03, bias=bias, resolution_mm=1.0, seed=seed)
+    return sim.image.with_array(np.where(sim.brain_mask.array > 0, sim.image.array, 0).astype(np.float32))
+
+
+def _measure(baseline: Image, followup: Image) -> dict[str, Any]:
+    from mriquant.core.case import Case
+    from mriquant.pipeline import RunConfig, prepare_for_segmentation, run_pipeline
+    from mriquant.quantify.longitudinal import measure_change
+
+    base = run_pipeline(Case(baseline), RunConfig(structure_method=None, skullstripped=True))
+    follow = prepare_for_segmentation(Case(followup), skullstripped=True, needs_registration=False)
+    result = measure_change(base, follow)
+    return {"pbvc": result.pbvc_percent, "registration": result.registration}
+
+
+def run_pair(subject: str, kind: str, loss: float, index: int) -> dict[str, Any]:
+    """Simulate one pair, measure it, return the row (runs in a child process)."""
+    from mriquant.io import read_labels
+
+    t0 = time.perf_counter()
+    labels = read_labels(DATA / f"subject{subject}_crisp_v.mnc.gz")
+    changed = thin_cortex(labels, loss) if kind == "thin" else labels
+    angles = (3.0 + index, -2.0, 4.0 - index)
+    moved = rotate_labels(changed, angles, shift_vox=3.0)
+    truth = 100.0 * (_tissue_voxels(moved) / _tissue_voxels(labels) - 1.0)
+    baseline = _scan(labels, seed=10 + index, bias=0.2)
+    followup = _scan(moved, seed=100 + index, bias=0.3)
+    del labels, changed, moved
+    sim_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = _measure(baseline, followup)
+    rigid = out["registration"]["rigid"]
+    return {"subject": subject, "kind": kind, "truth": truth, "pbvc": out["pbvc"], "error": out["pbvc"] - truth,
+            "rotation_true_deg": float(np.degrees(np.arccos((np.trace(rotation_matrix(angles)) - 1) / 2))),
+            "rotation_found_deg": rigid["rotation_deg"], "sim_s": sim_s, "s": time.perf_counter() - t1,
+            "dice": out["registration"]["halfway"]["brain_mask_dice"]}  # fmt: skip
+
+
+def _child(queue: Any, *args: Any) -> None:
+    try:
+        row = run_pair(*args)
+    except Exception as exc:  # reported in the parent, which must not wait forever
+        queue.put({"failed": f"{type(exc).__name__}: {exc}"})
+        raise
+    row["MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    queue.put(row)
+
+
+def _forked(*args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, *args))
+    proc.start()
+    row: dict[str, Any] = queue.get()
+    proc.join()
+    if "failed" in row:
+        raise RuntimeError(f"pair {args} failed: {row['failed']}")
+    return row
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| subject | pair | true PBVC % | measured % | error (points) | rotation true / found (deg) | s | MB |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['subject']} | {r['kind']} | {r['truth']:+.3f} | {r['pbvc']:+.3f} | {r['error']:+.3f} | "
+                     f"{r['rotation_true_deg']:.2f} / {r['rotation_found_deg']:.2f} | {r['s']:.0f} | {r['MB']:.0f} |")
+    return "\n".join(lines)
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    thin = [abs(r["error"]) for r in rows if r["kind"] == "thin"]
+    rescan = [abs(r["pbvc"]) for r in rows if r["kind"] == "rescan"]
+    parts = []
+    if thin:
+        parts.append(f"thinning: mean |error| {np.mean(thin):.3f}, max {np.max(thin):.3f} points "
+                     f"(target <= {TARGET_ERROR})")
+    if rescan:
+        parts.append(f"scan-rescan: mean |PBVC| {np.mean(rescan):.3f}, max {np.max(rescan):.3f} % "
+                     f"(target <= {TARGET_RESCAN})")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write ``latest.md`` (+ ``latest.json``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subjects", nargs="+", default=["04", "05", "06"])
+    parser.add_argument("--kinds", nargs="+", default=["thin", "rescan"])
+    parser.add_argument("--loss", type=float, default=1.0, help="brain-tissue loss of the thinning pairs (percent)")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found", file=sys.stderr)
+        return 0
+    rows = []
+    for index, subject in enumerate(args.subjects):
+        for kind in args.kinds:
+            rows.append(_forked(subject, kind, args.loss, index))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    text = (f"# longitudinal PBVC benchmark\n\n{__doc__.split('Usage::')[0]}\n{_table(rows)}\n\n"
+            f"{_summary(rows)}\n")  # fmt: skip
+    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(json.dumps(rows, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Tests of ``mriquant longitudinal`` and :mod:`mriquant.quantify.longitudinal` (synthetic 2 mm phantoms)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from mriquant.cli import main
+from mriquant.core.case import Case
+from mriquant.core.image import Image, LabelImage
+from mriquant.quantify import longitudinal as lg
+from mriquant.testing import make_phantom
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brainweb-crisp"
+
+
+def _rigid(angles_deg: tuple[float, float, float], shift_mm: tuple[float, float, float]) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    m[:3, 3] = shift_mm
+    return m
+
+
+def _moved(image: Image, matrix: np.ndarray) -> Image:
+    """The same voxels with the head moved in world space by ``matrix``."""
+    return image.with_array(image.array) if matrix is None else type(image)(image.array, matrix @ image.affine,
+                                                                           dict(image.meta))  # fmt: skip
+
+
+def _case(image: Image, mask: LabelImage, tissue: LabelImage | None = None) -> Case:
+    inside = mask.array > 0
+    case = Case(image.with_array(np.where(inside, image.array, 0).astype(np.float32)))
+    case.labels["brain_mask"] = mask
+    if tissue is not None:
+        case.labels["tissue"] = tissue
+    return case
+
+
+def _phantom_pair(scale: float, *, rotation: tuple[float, float, float]) -> tuple[Case, Case, float]:
+    """Baseline phantom and a follow-up whose anatomy is scaled by ``scale`` (length) and moved rigidly.
+
+    The follow-up is sampled on a grid of spacing ``2 / scale`` mm relabelled as 2 mm (so the anatomy
+    shrinks by ``scale`` with its own partial volume and noise), then its head is moved by a rigid
+    transform. Returns the cases and the true PBVC (%).
+    """
+    base = make_phantom(spacing=(2.0, 2.0, 2.0), seed=3, neck=False)
+    follow = make_phantom(spacing=(2.0 / scale,) * 3, seed=3, neck=False, rotation=rotation)
+    shrink = np.diag([scale, scale, scale, 1.0])
+    move = _rigid((4.0, -3.0, 2.0), (3.0, -2.0, 1.5)) @ shrink
+    baseline = _case(base.image, base.brain_mask, base.tissue)
+    followup = _case(_moved(follow.image, move), _moved(follow.brain_mask, move))
+    return baseline, followup, 100.0 * (scale**3 - 1.0)
+
+
+_FAST = lg.LongitudinalOptions(syn_iterations=(30, 15, 5))
+
+
+@pytest.fixture(scope="module")
+def rescan() -> lg.ChangeResult:
+    baseline, followup, _ = _phantom_pair(1.0, rotation=(2.0, 0.0, -1.0))
+    return lg.measure_change(baseline, followup, options=_FAST)
+
+
+def test_halfway_transform_is_exactly_half() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        full = _rigid(tuple(rng.uniform(-20, 20, 3)), tuple(rng.uniform(-15, 15, 3)))
+        half = lg.matrix_sqrt_rigid(full)
+        np.testing.assert_allclose(half @ half, full, atol=1e-10)
+        np.testing.assert_allclose(half[:3, :3] @ half[:3, :3].T, np.eye(3), atol=1e-12)
+        angle = lg.rigid_parameters(half)["rotation_deg"]
+        assert angle == pytest.approx(lg.rigid_parameters(full)["rotation_deg"] / 2, abs=1e-3)
+
+
+def test_halfway_space_meets_in_the_middle() -> None:
+    ph = make_phantom(spacing=(4.0, 4.0, 4.0), seed=1, neck=False, noise=0.0, bias=0.0)
+    move = _rigid((6.0, 0.0, 0.0), (0.0, 4.0, 0.0))
+    space = lg.halfway_space(ph.image, ph.brain_mask, _moved(ph.image, move), _moved(ph.brain_mask, move), move)
+    assert lg.mask_dice(space) > 0.99
+    inside = space.baseline_mask.array > 0
+    assert np.corrcoef(space.baseline.array[inside], space.followup.array[inside])[0, 1] > 0.99
+
+
+def test_scan_rescan_pbvc_is_small(rescan: lg.ChangeResult) -> None:
+    assert abs(rescan.pbvc_percent) < 0.5
+    rigid = rescan.registration["rigid"]
+    assert rigid["rotation_deg"] == pytest.approx(
+        np.degrees(Rotation.from_euler("xyz", (4.0, -3.0, 2.0), degrees=True).magnitude()), abs=1.0
+    )
+    assert rescan.registration["halfway"]["brain_mask_dice"] > 0.95
+
+
+def test_known_shrink_has_right_sign_and_magnitude() -> None:
+    baseline, followup, truth = _phantom_pair(0.99, rotation=(0.0, 1.0, 0.0))
+    result = lg.measure_change(baseline, followup, options=_FAST)
+    assert truth == pytest.approx(-2.97, abs=0.01)
+    assert result.pbvc_percent < 0
+    assert result.pbvc_percent == pytest.approx(truth, abs=0.8)
+    rows = {r["name"]: r for r in result.structures}
+    assert set(rows) == {"CSF", "GM", "WM"}
+    assert rows["WM"]["change_percent"] == pytest.approx(truth, abs=1.5)
+
+
+def test_change_document_nulls_with_reasons(rescan: lg.ChangeResult) -> None:
+    doc = lg.change_document(rescan, interval_years=None, interval_source="unknown")
+    assert doc["annualised_pbvc_percent"] is None and doc["annualised_reason"]
+    assert all(r["annualised_percent"] is None and r["reason"] for r in doc["structures"])
+    doc = lg.change_document(rescan, interval_years=2.0, interval_source="--interval-years")
+    assert doc["annualised_pbvc_percent"] == pytest.approx(doc["pbvc_percent"] / 2.0, abs=1e-3)
+    csv = lg.change_csv(doc).splitlines()
+    assert csv[0].startswith("label,name,baseline_ml") and len(csv) == 2 + len(doc["structures"])
+
+
+def test_interval_from_dicom_dates() -> None:
+    ph = make_phantom(spacing=(8.0, 8.0, 8.0), seed=1)
+    a = ph.image.with_array(ph.image.array)
+    b = ph.image.with_array(ph.image.array)
+    a.meta["dicom"], b.meta["dicom"] = {"StudyDate": "20200101"}, {"StudyDate": "20220101"}
+    years, source = lg.resolve_interval(a, b, 5.0)
+    assert years == pytest.approx(731 / 365.25) and source == "dicom dates"
+    assert lg.resolve_interval(ph.image, ph.image, 1.5) == (1.5, "--interval-years")
+    assert lg.resolve_interval(ph.image, ph.image, None)[0] is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the command
+
+
+def _save(image: Image, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(image.array, image.affine), path)
+    return path
+
+
+def _fast_pipeline(case: Case, config: Any, *, progress: Any = None) -> Case:
+    """Stand-in for ``run_pipeline``: the non-zero brain mask and k-means tissues (no MNI registration)."""
+    from mriquant.pipeline import nonzero_mask_step
+    from mriquant.segment import get_segmenter, segment_step
+
+    return segment_step(nonzero_mask_step(case), get_segmenter("kmeans")(None))
+
+
+def test_cli_writes_the_change_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mriquant.pipeline
+
+    monkeypatch.setattr(mriquant.pipeline, "run_pipeline", _fast_pipeline)
+    monkeypatch.setattr(lg, "LongitudinalOptions", lambda: _FAST)
+    baseline, followup, _ = _phantom_pair(0.99, rotation=(0.0, 0.0, 0.0))
+    a, b = _save(baseline.image, tmp_path / "a.nii.gz"), _save(followup.image, tmp_path / "b.nii.gz")
+    out = tmp_path / "out"
+    code = main(["-q", "longitudinal", str(a), str(b), "-o", str(out), "--skullstripped", "--no-structures",
+                 "--interval-years", "2"])  # fmt: skip
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {"change.json", "change.csv", "report.html", "report.pdf",
+                                               "manifest.json"}  # fmt: skip
+    doc = json.loads((out / "change.json").read_text())
+    assert doc["pbvc_percent"] < 0 and doc["interval_years"] == 2.0 and doc["interval_source"] == "--interval-years"
+    assert doc["annualised_pbvc_percent"] == pytest.approx(doc["pbvc_percent"] / 2, abs=1e-3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "longitudinal" and "change.json" in manifest["outputs"]
+
+
+def _expect_refused(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Expected" in err
+    assert not out.exists()
+    return err
+
+
+def test_cli_refuses_a_2d_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ph = make_phantom(spacing=(4.0, 4.0, 4.0), seed=1)
+    good = _save(ph.image, tmp_path / "a.nii.gz")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(ph.image.array[:, :, 20], np.eye(4)), flat)
+    out = tmp_path / "out"
+    _expect_refused(["longitudinal", str(good), str(flat), "-o", str(out)], out, capsys)
+
+
+def test_cli_refuses_a_non_brain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ph = make_phantom(spacing=(4.0, 4.0, 4.0), seed=1)
+    good = _save(ph.image, tmp_path / "a.nii.gz")
+    blob = np.zeros(ph.image.shape, np.float32)
+    blob[20:24, 20:24, 20:24] = 100.0  # 4 mL of signal: not a brain
+    other = _save(ph.image.with_array(blob), tmp_path / "b.nii.gz")
+    out = tmp_path / "out"
+    err = _expect_refused(["longitudinal", str(good), str(other), "-o", str(out), "--skullstripped"], out, capsys)
+    assert "brain" in err
+
+
+def test_cli_refuses_a_bad_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ph = make_phantom(spacing=(4.0, 4.0, 4.0), seed=1)
+    a = _save(ph.image, tmp_path / "a.nii.gz")
+    out = tmp_path / "out"
+    _expect_refused(["longitudinal", str(a), str(a), "-o", str(out), "--interval-years", "-1"], out, capsys)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"BrainWeb crisp models not found at {DATA}")
+def test_brainweb_thinning_at_2mm() -> None:
+    from mriquant.io import read_labels
+    from mriquant.testing.brainweb import simulate
+
+    labels = read_labels(DATA / "subject04_crisp_v.mnc.gz")
+    base = simulate(labels, contrast="T1", noise=0.03, bias=0.2, resolution_mm=2.0, seed=1)
+    grey = labels.array == 2
+    thinned = labels.with_array(np.where(grey & (np.arange(labels.shape[2]) > 0.6 * labels.shape[2]), 1, labels.array))
+    truth = 100.0 * (np.isin(thinned.array, (2, 3)).sum() / np.isin(labels.array, (2, 3)).sum() - 1.0)
+    follow = simulate(thinned, contrast="T1", noise=0.03, bias=0.3, resolution_mm=2.0, seed=2)
+    move = _rigid((3.0, 0.0, -2.0), (2.0, 0.0, 0.0))
+    baseline = _case(base.image, base.brain_mask, base.tissue)
+    followup = _case(_moved(follow.image, move), _moved(follow.brain_mask, move))
+    result = lg.measure_change(baseline, followup, options=_FAST)
+    assert result.pbvc_percent < 0
+    assert result.pbvc_percent == pytest.approx(truth, abs=max(1.0, 0.3 * abs(truth)))
