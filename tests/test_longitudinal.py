@@ -1,4 +1,4 @@
-"""Tests of ``mriquant longitudinal`` and :mod:`mriquant.quantify.longitudinal` (synthetic 2 mm phantoms)."""
+"""Tests of ``mriquant longitudinal`` and :mod:`mriquant.quantify.longitudinal` (synthetic 3 mm phantoms)."""
 
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ def _case(image: Image, mask: LabelImage, tissue: LabelImage | None = None) -> C
 def _phantom_pair(scale: float, *, rotation: tuple[float, float, float]) -> tuple[Case, Case, float]:
     """Baseline phantom and a follow-up whose anatomy is scaled by ``scale`` (length) and moved rigidly.
 
-    The follow-up is sampled on a grid of spacing ``2 / scale`` mm relabelled as 2 mm (so the anatomy
+    The follow-up is sampled on a grid of spacing ``3 / scale`` mm relabelled as 3 mm (so the anatomy
     shrinks by ``scale`` with its own partial volume and noise), then its head is moved by a rigid
     transform. Returns the cases and the true PBVC (%).
     """
-    base = make_phantom(spacing=(2.0, 2.0, 2.0), seed=3, neck=False)
-    follow = make_phantom(spacing=(2.0 / scale,) * 3, seed=3, neck=False, rotation=rotation)
+    base = make_phantom(spacing=(3.0, 3.0, 3.0), seed=3, neck=False)
+    follow = make_phantom(spacing=(3.0 / scale,) * 3, seed=3, neck=False, rotation=rotation)
     shrink = np.diag([scale, scale, scale, 1.0])
     move = _rigid((4.0, -3.0, 2.0), (3.0, -2.0, 1.5)) @ shrink
     baseline = _case(base.image, base.brain_mask, base.tissue)
@@ -201,19 +201,23 @@ def test_cli_refuses_a_bad_interval(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"BrainWeb crisp models not found at {DATA}")
-def test_brainweb_thinning_at_2mm() -> None:
+@pytest.mark.xfail(reason="SyN with the default settings underestimates sub-voxel cortical thinning "
+                   "(bench/longitudinal_results/latest.md)", strict=False)
+def test_brainweb_thinning_at_3mm() -> None:
+    from scipy import ndimage
+
     from mriquant.io import read_labels
     from mriquant.testing.brainweb import simulate
 
     labels = read_labels(DATA / "subject04_crisp_v.mnc.gz")
-    base = simulate(labels, contrast="T1", noise=0.03, bias=0.2, resolution_mm=2.0, seed=1)
-    grey = labels.array == 2
-    thinned = labels.with_array(np.where(grey & (np.arange(labels.shape[2]) > 0.6 * labels.shape[2]), 1, labels.array))
+    base = simulate(labels, contrast="T1", noise=0.03, bias=0.2, resolution_mm=3.0, seed=1)
+    layer = (labels.array == 2) & ndimage.binary_dilation(labels.array == 1)  # one 0.5 mm GM layer next to CSF
+    thinned = labels.with_array(np.where(layer, 1, labels.array))
     truth = 100.0 * (np.isin(thinned.array, (2, 3)).sum() / np.isin(labels.array, (2, 3)).sum() - 1.0)
-    follow = simulate(thinned, contrast="T1", noise=0.03, bias=0.3, resolution_mm=2.0, seed=2)
+    follow = simulate(thinned, contrast="T1", noise=0.03, bias=0.3, resolution_mm=3.0, seed=2)
     move = _rigid((3.0, 0.0, -2.0), (2.0, 0.0, 0.0))
     baseline = _case(base.image, base.brain_mask, base.tissue)
     followup = _case(_moved(follow.image, move), _moved(follow.brain_mask, move))
     result = lg.measure_change(baseline, followup, options=_FAST)
     assert result.pbvc_percent < 0
-    assert result.pbvc_percent == pytest.approx(truth, abs=max(1.0, 0.3 * abs(truth)))
+    assert result.pbvc_percent == pytest.approx(truth, abs=max(0.5, 0.3 * abs(truth)))
