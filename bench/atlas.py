@@ -88,7 +88,7 @@ def _jlf(subject: str, image: Any, mask: Any, n: int) -> np.ndarray:
         warped = ants.apply_transforms(target, to_ants(lab.with_array(lab.array.astype(np.float32))),
                                        reg["fwdtransforms"], interpolator="genericLabel")  # fmt: skip
         labels.append(warped)
-    fused = ants.joint_label_fusion(target, target_mask, images, labels, rad=[2, 2, 2])
+    fused = ants.joint_label_fusion(target, target_mask, atlas_list=images, label_list=labels, rad=2)
     return np.rint(fused["segmentation"].numpy()).astype(np.int16)
 
 
