@@ -122,7 +122,7 @@ def test_run_output_over_input_is_refused(scan: Path, capsys: pytest.CaptureFixt
 
 
 def test_unlanded_subcommand_says_so(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["longitudinal", str(scan), str(scan), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
     assert "not available" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
