@@ -202,7 +202,7 @@ def test_cli_refuses_a_bad_interval(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"BrainWeb crisp models not found at {DATA}")
 @pytest.mark.xfail(reason="SyN with the default settings underestimates sub-voxel cortical thinning "
-                   "(bench/longitudinal_results/latest.md)", strict=False)
+                   "(bench/longitudinal_results/latest.md)", strict=True)
 def test_brainweb_thinning_at_3mm() -> None:
     from scipy import ndimage
 
