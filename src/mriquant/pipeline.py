@@ -276,8 +276,8 @@ def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], Non
 
 def quantify_case(case: Case) -> dict[str, Any]:
     """Shape, QC and volumes of a segmented case: the ``volumes.json`` document."""
-    from mriquant.core.labels import TISSUES, freesurfer
-    from mriquant.quantify.measure import measure
+    from mriquant.core.labels import freesurfer
+    from mriquant.quantify.measure import measure, tissue_probabilities
     from mriquant.quantify.qc import quality_control
     from mriquant.quantify.shape import structure_shapes
 
@@ -285,7 +285,7 @@ def quantify_case(case: Case) -> dict[str, Any]:
     shapes = structure_shapes(dseg, table=freesurfer()) if dseg is not None else None
     transform = case.transforms.get("to_mni")
     quality = transform.meta.get("quality") if transform is not None else None
-    probabilities = {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
+    probabilities = tissue_probabilities(case)
     qc = quality_control(
         case.image,
         brain_mask=case.labels.get("brain_mask"),

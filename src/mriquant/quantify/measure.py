@@ -22,8 +22,10 @@ import io
 from typing import Any
 
 from mriquant.core.case import Case
+from mriquant.core.image import Image
 from mriquant.core.labels import TISSUES, freesurfer
 from mriquant.quantify.volumes import (
+    LabelVolume,
     asymmetries,
     etiv_from_affine,
     intracranial_volume_ml,
@@ -69,12 +71,16 @@ def _etiv(case: Case) -> dict[str, Any]:
     return out
 
 
+def tissue_probabilities(case: Case) -> dict[str, Image]:
+    """The tissue posteriors a tissue method left on the case (``images["prob_CSF"]``, ...), keyed by name."""
+    return {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
+
+
 def _tissue_section(case: Case, etiv: float | None) -> dict[str, Any]:
     tissue = case.labels.get("tissue")
     if tissue is None:
         return {"tissues": None, "tissues_reason": "no tissue segmentation", "tissue_classes": []}
-    probabilities = {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
-    rows = label_volumes(tissue, table=TISSUES, probabilities=probabilities, etiv_ml=etiv)
+    rows = label_volumes(tissue, table=TISSUES, probabilities=tissue_probabilities(case), etiv_ml=etiv)
     totals = tissue_totals(tissue, etiv_ml=etiv)
     for t in TISSUES:
         pv = next((r.volume_pv_ml for r in rows if r.label == t.id), None)
@@ -83,15 +89,14 @@ def _tissue_section(case: Case, etiv: float | None) -> dict[str, Any]:
 
 
 def _structure_rows(
-    case: Case, etiv: float | None, confidence: dict[int, float], shapes: list[dict[str, Any]] | None
+    case: Case, volumes: list[LabelVolume], confidence: dict[int, float], shapes: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
     from mriquant.quantify.shape import structure_shapes
 
     dseg = case.labels["dseg"]
-    table = freesurfer()
-    by_label = {s["label"]: s for s in (shapes if shapes is not None else structure_shapes(dseg, table=table))}
+    by_label = {s["label"]: s for s in (shapes if shapes is not None else structure_shapes(dseg, table=freesurfer()))}
     rows = []
-    for volume in label_volumes(dseg, table=table, etiv_ml=etiv):
+    for volume in volumes:
         row = volume.as_dict()
         row["confidence"] = confidence.get(volume.label)
         shape = by_label.get(volume.label, {})
@@ -130,12 +135,10 @@ def measure(
     etiv = doc["etiv_ml"]
     doc.update(_tissue_section(case, etiv))
     if "dseg" in case.labels:
-        doc["structures"] = _structure_rows(case, etiv, _confidence(case), shapes)
+        volumes = label_volumes(case.labels["dseg"], table=freesurfer(), etiv_ml=etiv)
+        doc["structures"] = _structure_rows(case, volumes, _confidence(case), shapes)
         doc["totals"] = structure_totals(case.labels["dseg"])
-        from mriquant.quantify.volumes import LabelVolume
-
-        rows = [LabelVolume(r["label"], r["name"], r["volume_ml"], None, None, r["voxels"]) for r in doc["structures"]]
-        doc["asymmetry"] = asymmetries(rows)
+        doc["asymmetry"] = asymmetries(volumes)
     else:
         doc.update(structures=[], structures_reason="no structure segmentation", totals=None, asymmetry=[])
     if qc is not None:
