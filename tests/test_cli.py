@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mriquant import __version__
-from mriquant.cli import EXIT_NOT_AVAILABLE, main
+from mriquant.cli import main
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "demo" / "chris_t1.nii.gz"
 
@@ -121,9 +121,10 @@ def test_run_output_over_input_is_refused(scan: Path, capsys: pytest.CaptureFixt
     assert scan.read_bytes() == before
 
 
-def test_unlanded_subcommand_says_so(scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", str(tmp_path), "-o", str(tmp_path / "o")]) == EXIT_NOT_AVAILABLE
-    assert "not available" in capsys.readouterr().err
+def test_train_without_training_data_is_refused_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Expected training data" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 

@@ -55,7 +55,7 @@ def _outputs(seg: Segmentation) -> list[LabelImage]:
 def test_registry_is_not_empty_when_methods_ship() -> None:
     for name, cls in registry().items():
         assert issubclass(cls, Segmenter) and cls.name == name
-        assert cls.kind in ("tissue", "structure", "region")
+        assert cls.kind in ("tissue", "structure", "region", "dual")
         assert cls.description and cls.reference
 
 
@@ -69,11 +69,11 @@ def test_outputs_on_native_grid_with_valid_labels(method: str, phantom: Phantom)
         np.testing.assert_array_equal(out.affine, phantom.image.affine)
         assert np.issubdtype(out.array.dtype, np.integer)
     kind = registry()[method].kind
-    if kind == "tissue":
+    if kind in ("tissue", "dual"):
         assert seg.tissue is not None
         assert set(np.unique(seg.tissue.array)) <= {0, *(t.id for t in TISSUES)}
         assert not np.any(seg.tissue.array[phantom.brain_mask.array == 0])
-    else:
+    if kind != "tissue":
         assert seg.dseg is not None
         assert set(seg.dseg.labels) <= {1, *(lab.id for lab in freesurfer())}
 
@@ -86,7 +86,7 @@ def test_probabilities_sum_to_one_inside_mask(method: str, phantom: Phantom) -> 
     stack = np.stack([p.array for p in seg.probabilities.values()])
     assert stack.min() >= -1e-6 and stack.max() <= 1 + 1e-6
     inside = phantom.brain_mask.array > 0
-    if registry()[method].kind == "tissue":
+    if registry()[method].kind in ("tissue", "dual"):
         np.testing.assert_allclose(stack.sum(axis=0)[inside], 1.0, atol=1e-4)
         assert np.all(stack[:, ~inside] == 0)
     for p in seg.probabilities.values():

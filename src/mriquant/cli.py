@@ -154,12 +154,11 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a segmentation network (deep models)")
-    p.add_argument("data", type=Path, nargs="?", help="folder of (image, label) pairs and/or label maps")
-    p.add_argument("--config", type=Path, help="training configuration file")
-    p.add_argument("-o", "--output", type=Path, help="output folder for checkpoints and weights")
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(handler=_not_yet("train", "the deep-learning issue (#5)"))
+    p = sub.add_parser("train", help="train the dual-task segmentation network (--method deep)")
+    from mriquant.models.train_options import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(handler=_cmd_train)
     return parser
 
 
@@ -454,39 +453,16 @@ def _geometry(image: Any) -> dict[str, Any]:
     }
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mriquant.evaluate import command
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mriquant.models.train_deep import command
 
     return command(args)
 
 
-def _not_yet(name: str, where: str) -> Handler:
-    """Handler for a subcommand whose implementation lands with a later issue.
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mriquant.evaluate import command
 
-    It validates the input first (bad input still exits 2), then says plainly that
-    the step is not available and exits with :data:`EXIT_NOT_AVAILABLE`.
-    """
-
-    def handler(args: argparse.Namespace) -> int:
-        from mriquant.io import MIN_ANALYSIS_VOXELS, read_image
-
-        for attr in ("input", "baseline", "followup"):
-            path = getattr(args, attr, None)
-            if path is not None:
-                read_image(
-                    path,
-                    volume=getattr(args, "volume", None),
-                    series=getattr(args, "series", None),
-                    min_voxels=MIN_ANALYSIS_VOXELS,
-                )
-        print(
-            f"mriquant {name}: not available in mriquant {__version__} yet; it lands with {where}. "
-            "Nothing was written.",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_AVAILABLE
-
-    return handler
+    return command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -219,7 +219,7 @@ class RunConfig:
 
     @classmethod
     def for_method(cls, method: str | None, options: Any = None, *, skullstripped: bool = False) -> RunConfig:
-        """The config where ``method`` replaces the default of its kind (tissue or structure)."""
+        """The config where ``method`` replaces the default of its kind (tissue or structure; a dual method both)."""
         from mriquant.segment import get_segmenter
 
         if method is None:
@@ -229,6 +229,8 @@ class RunConfig:
             return cls(tissue_method=method, tissue_options=options, skullstripped=skullstripped)
         if kind == "structure":
             return cls(structure_method=method, structure_options=options, skullstripped=skullstripped)
+        if kind == "dual":
+            return cls(tissue_method=method, tissue_options=options, structure_method=None, skullstripped=skullstripped)
         raise InputError(
             f"Expected a tissue or structure method for run, found {method!r} ({kind}); "
             f"use `mriquant segment --method {method}` for single regions."

@@ -2,7 +2,7 @@
 
 Architecture: ``len(channels)`` resolution levels with ``channels[l]`` feature maps at level ``l``; 2x max
 pooling on the way down, 2x transposed convolutions on the way up, skip connections by concatenation, and
-a 1x1x1 convolution to one logit per voxel (apply a sigmoid for the probability). Every block is
+a 1x1x1 convolution to ``out_channels`` logits per voxel (one for a binary mask: apply a sigmoid). Every block is
 3x3x3 convolutions, each followed by a leaky ReLU (slope 0.01); the full-resolution level has
 ``top_convs`` convolutions per block and no normalisation, the coarser levels two convolutions with
 instance normalisation (affine). The thin, unnormalised top level is a measured choice: on a 2-core CPU
@@ -45,6 +45,8 @@ class UNetConfig:
         Isotropic voxel size in mm of the grid the network works on.
     negative_slope : float
         Leaky ReLU slope.
+    out_channels : int
+        Logits per voxel (1 for a binary mask; the class count of every head together otherwise).
 
     """
 
@@ -53,6 +55,7 @@ class UNetConfig:
     top_convs: int = 1
     spacing_mm: float = 2.0
     negative_slope: float = 0.01
+    out_channels: int = 1
 
     @property
     def levels(self) -> int:
@@ -91,7 +94,7 @@ def _conv_block(cin: int, cout: int, convs: int, norm: bool, slope: float) -> nn
 
 
 class UNet3D(nn.Module):
-    """3D U-Net returning one logit per voxel: input (N, C, X, Y, Z) -> output (N, 1, X, Y, Z)."""
+    """3D U-Net: input (N, C, X, Y, Z) -> logits (N, out_channels, X, Y, Z)."""
 
     def __init__(self, config: UNetConfig | None = None) -> None:
         super().__init__()
@@ -105,10 +108,10 @@ class UNet3D(nn.Module):
         self.down = nn.ModuleList([block(i, cfg.in_channels if i == 0 else ch[i - 1]) for i in range(cfg.levels)])
         self.up = nn.ModuleList([nn.ConvTranspose3d(ch[i + 1], ch[i], 2, stride=2) for i in range(cfg.levels - 1)])
         self.merge = nn.ModuleList([block(i, 2 * ch[i]) for i in range(cfg.levels - 1)])
-        self.head = nn.Conv3d(ch[0], 1, 1)
+        self.head = nn.Conv3d(ch[0], cfg.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits (N, 1, X, Y, Z) for input (N, C, X, Y, Z)."""
+        """Return logits (N, out_channels, X, Y, Z) for input (N, C, X, Y, Z)."""
         skips = []
         for i, block in enumerate(self.down):
             x = block(x)

@@ -28,7 +28,7 @@ from mriquant.core.case import Case
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 
-Kind = Literal["tissue", "structure", "region"]
+Kind = Literal["tissue", "structure", "region", "dual"]
 
 
 @dataclass
@@ -75,8 +75,9 @@ class Segmenter(ABC):
     ----------
     name : str
         The ``--method`` name.
-    kind : {"tissue", "structure", "region"}
-        What it produces: tissue classes, anatomical structures, or a single region.
+    kind : {"tissue", "structure", "region", "dual"}
+        What it produces: tissue classes, anatomical structures, a single region, or tissues and
+        structures in one pass (``dual``).
     description : str
         One line for ``mriquant info``.
     reference : str
