@@ -199,7 +199,7 @@ def _run_config(args: argparse.Namespace, config: UNetConfig, augment: AugmentCo
         "architecture": config.as_dict(), "augment": augment.as_dict(),
         "training_cases": [c.name for c in cases], "validation_cases": [c.name for c in validation],
         "holdout": list(filter(None, args.holdout.split(","))), "seed": args.seed, "lr": args.lr,
-        "minutes": args.minutes, "max_steps": args.max_steps,
+        "minutes": args.minutes if math.isfinite(args.minutes) else None, "max_steps": args.max_steps,
         "command": "mriquant train " + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }  # fmt: skip

@@ -1,0 +1,278 @@
+"""Benchmark of ``--method deep`` (dual-task U-Net) against the classical ``atlas`` and ``mrf`` in the same run.
+
+Data (see ../shared/data/README.md; the benchmark stops with a message when it is absent):
+
+- **MICCAI 2012 training subjects held out from the network's training** (``--subjects``, default the five
+  the shipped weights never saw: 1013, 1014, 1015, 1017, 1036; the manifest lists the training and
+  validation subjects). Real skull-stripped 1 mm T1 scans with their brain masks. Structures: Dice and
+  HD95 (mm) on the 15 subcortical structures (L/R thalamus, caudate, putamen, pallidum, hippocampus,
+  amygdala, lateral ventricle, and brainstem) against ``_glm`` mapped to FreeSurfer ids; tissues: GM and
+  WM Dice against ``_classified``.
+- **BrainWeb** T2 and PD (and T1) scans simulated from crisp anatomical models the network never saw (no
+  BrainWeb data is used in training) by :func:`mriquant.testing.brainweb.simulate` (1 mm, 3 % noise,
+  20 % bias), segmented inside the true brain mask: tissue GM and WM Dice against the model.
+
+Methods, each on the same image and mask:
+
+- ``deep``: the bundled weights (or ``--weights DIR``), affine registration to MNI152 included, flip
+  test-time augmentation; ``deep-noflip`` without it (half the network time);
+- ``atlas``: the shipped atlas (SynthSeg-20 priors, affine + SyN registration included) x intensity EM;
+  ``atlas-miccai`` with ``--library FILE``: the MICCAI library with the test subject left out (its other
+  14 subjects vote; the deep network saw 9 of them, so this peer has more expert data);
+- ``mrf``: the default classical tissue method (EM + MRF + MNI152 priors, its own affine registration).
+
+Every method runs in a forked child: ``s`` is its wall time (registration included), ``MB`` the child's
+peak RSS growth. Results: ``bench/deep_results/latest.md`` (and ``latest.json``).
+
+Usage::
+
+    python bench/deep.py [--weights DIR] [--library /tmp/atl/miccai2012.npz] [--subjects 1013 1014]
+    python bench/deep.py --no-miccai --contrasts T2 PD      # BrainWeb only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mriquant.core.image import Image, LabelImage
+from mriquant.evaluate import apply_map, dice, evaluate_labels, load_map
+from mriquant.io import read_image, read_labels
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MICCAI = DATA / "miccai2012" / "train"
+BRAINWEB = DATA / "brainweb-crisp"
+RESULTS = Path(__file__).resolve().parent / "deep_results"
+HELD_OUT = ("1013", "1014", "1015", "1017", "1036")
+STRUCTURES = {10: "L thal", 49: "R thal", 11: "L caud", 50: "R caud", 12: "L put", 51: "R put", 13: "L pall",
+              52: "R pall", 17: "L hipp", 53: "R hipp", 18: "L amyg", 54: "R amyg", 4: "L LV", 43: "R LV",
+              16: "stem"}  # fmt: skip
+TARGET_STRUCTURES = 0.80
+TARGET_TISSUE = 0.80
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> Any:
+    from mriquant.segment import get_segmenter
+
+    name = method.split("-")[0]
+    cls = get_segmenter(name)
+    if name == "deep":
+        options = cls.options_type(weights=args.weights, flip=method != "deep-noflip")
+    elif method == "atlas-miccai":
+        options = cls.options_type(atlas=str(args.library), exclude=subject)
+    else:
+        options = cls.options_type()
+    return cls(options).segment(image, mask)
+
+
+def _child(conn: Any, method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> None:
+    try:
+        start = _rss_mb()
+        t0 = time.perf_counter()
+        seg = _segment(method, image, mask, subject, args)
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        conn.send({"seconds": seconds, "mb": max(peak - start, 0.0), "tissue": seg.tissue, "dseg": seg.dseg,
+                   "info": {k: v for k, v in seg.info.items() if k.endswith("seconds")}})  # fmt: skip
+    except Exception as exc:  # a failure is a row in the table, not the end of the benchmark
+        conn.send({"error": f"{type(exc).__name__}: {exc}"[:300]})
+    finally:
+        conn.close()
+
+
+def run(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``method`` on one scan in a forked child: its outputs, seconds and peak memory."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, method, image, mask, subject, args))
+    proc.start()
+    child.close()
+    result: dict[str, Any] = parent.recv() if parent.poll(3600) else {"error": "timeout"}
+    proc.join()
+    return result
+
+
+def _tissue_scores(tissue: LabelImage | None, truth: np.ndarray) -> dict[str, float | None]:
+    if tissue is None:
+        return {"GM": None, "WM": None}
+    return {name: dice(tissue.array == k, truth == k) for k, name in ((2, "GM"), (3, "WM"))}
+
+
+def _structure_scores(dseg: LabelImage | None, truth: LabelImage) -> dict[str, Any]:
+    if dseg is None:
+        return {}
+    metrics = evaluate_labels(dseg, truth, labels=list(STRUCTURES))
+    per = {STRUCTURES[m.label]: m.dice for m in metrics}
+    hd = [m.hd95_mm for m in metrics if m.hd95_mm is not None and np.isfinite(m.hd95_mm)]
+    return {"structures": per, "mean_dice": float(np.mean(list(per.values()))), "mean_hd95": float(np.mean(hd))}
+
+
+def miccai_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every method on every held-out MICCAI subject."""
+    mapping = load_map("miccai2012-to-freesurfer")
+    rows = []
+    for subject in args.subjects:
+        image = read_image(MICCAI / f"{subject}_SS.nii.gz")
+        mask = read_labels(MICCAI / f"{subject}_mask.nii.gz")
+        truth = apply_map(read_labels(MICCAI / f"{subject}_glm.nii.gz"), mapping)
+        tissue_truth = np.asarray(read_labels(MICCAI / f"{subject}_classified.nii.gz").array)
+        for method in args.methods:
+            if method == "atlas-miccai" and args.library is None:
+                continue
+            out = run(method, image, mask, subject, args)
+            row: dict[str, Any] = {"data": "miccai", "case": subject, "method": method}
+            if "error" in out:
+                row["error"] = out["error"]
+            else:
+                row.update(seconds=out["seconds"], mb=out["mb"], timing=out["info"])
+                row.update(_structure_scores(out["dseg"], truth))
+                row.update(_tissue_scores(out["tissue"], tissue_truth))
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "structures"}), flush=True)
+    return rows
+
+
+def brainweb_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Tissue methods on simulated BrainWeb scans."""
+    from mriquant.testing.brainweb import simulate
+
+    rows = []
+    for anatomy in args.anatomies:
+        labels = read_labels(BRAINWEB / f"{anatomy}_crisp_v.mnc.gz")
+        for contrast in args.contrasts:
+            scan = simulate(labels, contrast=contrast, noise=0.03, bias=0.2, seed=1)
+            truth = np.asarray(scan.tissue.array)
+            for method in ("deep", "mrf"):
+                out = run(method, scan.image, scan.brain_mask, anatomy, args)
+                row: dict[str, Any] = {"data": "brainweb", "case": f"{anatomy} {contrast}", "method": method,
+                                       "contrast": contrast}  # fmt: skip
+                if "error" in out:
+                    row["error"] = out["error"]
+                else:
+                    row.update(seconds=out["seconds"], mb=out["mb"], **_tissue_scores(out["tissue"], truth))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, weights: dict[str, Any]) -> str:
+    """Markdown tables: per method means, per structure, per subject, BrainWeb tissues."""
+    lines = [f"# deep benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
+             f"Weights: {weights}", ""]  # fmt: skip
+    miccai = [r for r in rows if r["data"] == "miccai" and "error" not in r]
+    methods = [m for m in args.methods if any(r["method"] == m for r in miccai)]
+    if miccai:
+        lines += [f"## MICCAI 2012, held-out subjects {', '.join(args.subjects)} (real T1)", "",
+                  "| method | mean Dice (15 structures) | min subject | HD95 mm | GM Dice | WM Dice | s | MB |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for m in methods:
+            mine = [r for r in miccai if r["method"] == m]
+            subject_means = [r["mean_dice"] for r in mine if r.get("mean_dice") is not None]
+            lines.append(f"| {m} | {_f(_mean(mine, 'mean_dice'))} | {_f(min(subject_means) if subject_means else None)}"
+                         f" | {_f(_mean(mine, 'mean_hd95'), 2)} | {_f(_mean(mine, 'GM'))} | {_f(_mean(mine, 'WM'))}"
+                         f" | {_f(_mean(mine, 'seconds'), 1)} | {_f(_mean(mine, 'mb'), 0)} |")  # fmt: skip
+        structured = [m for m in methods if any(r.get("structures") for r in miccai if r["method"] == m)]
+        lines += ["", "Per structure (mean Dice over the subjects):", "",
+                  "| structure | " + " | ".join(structured) + " |", "|---|" + "---|" * len(structured)]  # fmt: skip
+        for name in STRUCTURES.values():
+            cells = []
+            for m in structured:
+                values = [r["structures"][name] for r in miccai if r["method"] == m and r.get("structures")]
+                cells.append(_f(float(np.mean(values)) if values else None))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "Per subject (mean Dice of the 15 structures / GM / WM):", "",
+                  "| subject | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]  # fmt: skip
+        for subject in args.subjects:
+            cells = []
+            for m in methods:
+                r = next((r for r in miccai if r["method"] == m and r["case"] == subject), None)
+                cells.append("-" if r is None else f"{_f(r.get('mean_dice'))} / {_f(r.get('GM'))} / {_f(r.get('WM'))}")
+            lines.append(f"| {subject} | " + " | ".join(cells) + " |")
+    brainweb = [r for r in rows if r["data"] == "brainweb" and "error" not in r]
+    if brainweb:
+        lines += ["", "## BrainWeb (simulated, 3 % noise, 20 % bias; anatomies never seen in training)", "",
+                  "| case | method | GM Dice | WM Dice | s | MB |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in brainweb:
+            lines.append(f"| {r['case']} | {r['method']} | {_f(r['GM'])} | {_f(r['WM'])} | {_f(r['seconds'], 1)} "
+                         f"| {_f(r['mb'], 0)} |")  # fmt: skip
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["", "Failures:", ""] + [f"- {r['case']} {r['method']}: {r['error']}" for r in errors]
+    lines += ["", targets(miccai, brainweb)]
+    return "\n".join(lines) + "\n"
+
+
+def targets(miccai: list[dict[str, Any]], brainweb: list[dict[str, Any]]) -> str:
+    """One line per issue target: met or missed, with the measured value."""
+    out = []
+    deep = _mean([r for r in miccai if r["method"] == "deep"], "mean_dice")
+    if deep is not None:
+        verdict = "met" if deep >= TARGET_STRUCTURES else "MISSED"
+        out.append(f"- 15-structure mean Dice on unseen real T1 >= {TARGET_STRUCTURES}: {deep:.3f} ({verdict})")
+    for contrast in ("T2", "PD"):
+        mine = [r for r in brainweb if r["method"] == "deep" and r.get("contrast") == contrast]
+        if mine:
+            gm, wm = _mean(mine, "GM"), _mean(mine, "WM")
+            ok = gm is not None and wm is not None and min(gm, wm) >= TARGET_TISSUE
+            out.append(f"- tissue GM/WM Dice on unseen {contrast} >= {TARGET_TISSUE}: {_f(gm)}/{_f(wm)} "
+                       f"({'met' if ok else 'MISSED'})")  # fmt: skip
+    return "Targets:\n\n" + "\n".join(out) if out else ""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", default="default", help="deep weights: 'default', an export or a run folder")
+    p.add_argument("--library", type=Path, help="MICCAI atlas library (.npz) for the atlas-miccai peer")
+    p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
+    p.add_argument("--methods", nargs="+", default=["deep", "deep-noflip", "atlas", "atlas-miccai", "mrf"])
+    p.add_argument("--anatomies", nargs="+", default=["subject04", "subject05"])
+    p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
+    p.add_argument("--no-miccai", action="store_true")
+    p.add_argument("--no-brainweb", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not MICCAI.is_dir() or not BRAINWEB.is_dir():
+        print(f"benchmark data not found under {DATA}; see ../shared/data/README.md", file=sys.stderr)
+        return 2
+    from mriquant.segment.deep import load_network
+
+    _, weights = load_network(args.weights)
+    rows = [] if args.no_miccai else miccai_rows(args)
+    rows += [] if args.no_brainweb else brainweb_rows(args)
+    text = report(rows, args, weights)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(text)
+    (args.out / "latest.json").write_text(json.dumps({"weights": weights, "rows": rows}, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

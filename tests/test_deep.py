@@ -1,0 +1,200 @@
+"""The dual-task network: label space, sampler, loss, flip augmentation, training command, inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from mriquant.cli import main
+from mriquant.core.image import Image, LabelImage
+from mriquant.models.deep_data import (
+    BOX,
+    IGNORE,
+    LR_PAIRS,
+    STRUCTURES,
+    TISSUE_OF,
+    TrainingCase,
+    class_index,
+    flip_permutation,
+    load_case,
+    tissue_lut,
+)
+from mriquant.models.deep_net import N_STRUCTURES, N_TISSUES, build_network, default_config, predict_box
+from mriquant.models.deep_synth import AugmentConfig, DeepSampler, normalise_box
+from mriquant.models.train_deep import _dice_loss, dice_scores
+from mriquant.models.unet import UNetConfig
+
+HEADS = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "heads" / "brainweb_heads_2mm.npz"
+
+
+def test_label_space_is_consistent() -> None:
+    assert STRUCTURES[0] == 0 and len(set(STRUCTURES)) == len(STRUCTURES) == 33
+    assert set(TISSUE_OF) == set(STRUCTURES) - {0}
+    ids = np.array([0, 2, 17, 53, 24, 30, 999])
+    index = class_index(ids)
+    assert list(np.asarray(STRUCTURES)[index[:5]]) == [0, 2, 17, 53, 24]
+    assert index[5] == IGNORE and index[6] == IGNORE  # vessel and an unknown id: out of the loss
+    lut = tissue_lut()
+    assert lut[STRUCTURES.index(4)] == 1 and lut[STRUCTURES.index(3)] == 2 and lut[STRUCTURES.index(16)] == 3
+    assert lut[IGNORE] == IGNORE and lut[0] == 0
+
+
+def test_flip_permutation_swaps_left_and_right() -> None:
+    perm = flip_permutation()
+    np.testing.assert_array_equal(perm[perm], np.arange(len(STRUCTURES)))
+    for left, right in LR_PAIRS:
+        assert STRUCTURES[perm[STRUCTURES.index(left)]] == right
+    for midline in (0, 14, 15, 16, 24):
+        assert perm[STRUCTURES.index(midline)] == STRUCTURES.index(midline)
+
+
+def test_box_is_symmetric_about_the_midsagittal_plane() -> None:
+    x = BOX.coordinates()[0, :, 0, 0] * 100.0
+    np.testing.assert_allclose(x, -x[::-1], atol=1e-4)
+    assert all(n % default_config().multiple == 0 for n in BOX.shape)
+
+
+def _reference_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    n = logits.shape[1]
+    probs = torch.softmax(logits, 1)
+    valid = (target != IGNORE).unsqueeze(1)
+    onehot = F.one_hot(target.clamp(max=n - 1), n).movedim(-1, 1).float()
+    probs, onehot = probs * valid, onehot * valid
+    dims = (0, 2, 3, 4)
+    present = onehot.sum(dims) > 0
+    dice = (2 * (probs * onehot).sum(dims) + 1e-5) / ((probs + onehot).sum(dims) + 1e-5)
+    return 1 - dice[present].mean()
+
+
+def test_dice_loss_matches_the_one_hot_definition_and_ignores_voxels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 5, 6, 7, 8, generator=gen)
+    target = torch.randint(0, 4, (1, 6, 7, 8), generator=gen)  # class 4 absent: not averaged
+    target[0, 0] = IGNORE
+    assert float(_dice_loss(logits, target)) == pytest.approx(float(_reference_dice_loss(logits, target)), abs=1e-6)
+    perfect = 50.0 * F.one_hot(target.clamp(max=4), 5).movedim(-1, 1).float()
+    assert float(_dice_loss(perfect, target)) < 1e-4
+
+
+def test_dice_scores() -> None:
+    a = np.array([0, 1, 1, 2, 2])
+    b = np.array([0, 1, 2, 2, 2])
+    scores = dice_scores(a, b, (1, 2, 3))
+    assert scores[1] == pytest.approx(2 / 3) and scores[2] == pytest.approx(0.8) and np.isnan(scores[3])
+
+
+def test_flip_augmentation_is_exactly_equivariant() -> None:
+    torch.manual_seed(0)
+    net = build_network(UNetConfig(in_channels=4, channels=(4, 8), out_channels=N_STRUCTURES + N_TISSUES))
+    x = torch.randn(4, 8, 6, 4)
+    mirrored = torch.cat([x[:1].flip(1), x[1:]])
+    perm = torch.from_numpy(np.concatenate([flip_permutation(), N_STRUCTURES + np.arange(N_TISSUES)]))
+    a = predict_box(net, x, flip=True)
+    b = predict_box(net, mirrored, flip=True)
+    torch.testing.assert_close(b, a.flip(1)[perm], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(a[:N_STRUCTURES].sum(0).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a[N_STRUCTURES:].sum(0).numpy(), 1.0, atol=1e-5)
+
+
+def _sphere_case(image: bool) -> TrainingCase:
+    """A labelled ball (cerebral WM 2 inside cortex 3 inside CSF 24) of 26 mm radius at the MNI origin, 2 mm."""
+    n = 80
+    ijk = np.indices((n, n, n)).astype(np.float32) - (n - 1) / 2
+    r = np.sqrt((ijk**2).sum(0)) * 2.0
+    ids = np.select([r < 16, r < 22, r < 26], [2, 3, 24], 0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(n - 1)  # centre at world 0
+    values = None
+    if image:
+        values = np.select([ids == 2, ids == 3, ids == 24], [1.0, 0.6, 0.2], 0.0).astype(np.float16)
+    return TrainingCase("ball", class_index(ids), values, np.linalg.inv(affine))
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_sampler_targets_follow_the_labels(real: bool) -> None:
+    config = AugmentConfig(crop=(32, 40, 32), real_fraction=1.0 if real else 0.0, centre_fraction=1.0)
+    sampler = DeepSampler([_sphere_case(image=True)], config=config, seed=3)
+    x, structures, tissues = sampler.sample()
+    assert x.shape == (4, 32, 40, 32) and structures.shape == tissues.shape == (32, 40, 32)
+    lut = torch.from_numpy(tissue_lut().astype(np.int64))
+    torch.testing.assert_close(tissues, lut[structures])
+    assert set(np.unique(structures.numpy())) <= {0, STRUCTURES.index(2), STRUCTURES.index(3), STRUCTURES.index(24)}
+    labelled = (structures > 0).float()[None, None]
+    if real:  # the scan's own brain (linear interpolation) may reach a voxel past the labels
+        labelled = F.max_pool3d(labelled, 5, stride=1, padding=2)
+    assert torch.all(x[0][labelled[0, 0] == 0] == 0)  # outside the brain: exactly 0
+    assert torch.any(labelled == 0)
+    wm, csf = x[0][structures == STRUCTURES.index(2)], x[0][structures == STRUCTURES.index(24)]
+    if real:  # the real image's contrast survives the augmentation: WM brighter than CSF
+        assert float(wm.mean()) > float(csf.mean())
+    again = DeepSampler([_sphere_case(image=True)], config=config, seed=3).sample()
+    torch.testing.assert_close(again[0], x)
+
+
+def test_normalise_box_maps_percentiles_and_zeroes_the_outside() -> None:
+    image = torch.linspace(0, 100, 1000).reshape(10, 10, 10)
+    brain = torch.zeros(10, 10, 10, dtype=torch.bool)
+    brain[2:8] = True
+    out = normalise_box(image, brain)
+    assert torch.all(out[~brain] == 0)
+    inside = out[brain]
+    assert float(torch.quantile(inside, 0.01)) == pytest.approx(0.0, abs=1e-3)
+    assert float(torch.quantile(inside, 0.99)) == pytest.approx(1.0, abs=1e-3)
+
+
+def _heads() -> dict[str, np.ndarray]:
+    with np.load(HEADS) as data:
+        return {k: data[k] for k in ("images", "brains", "fractions", "affines")}
+
+
+def _write_pairs(folder: Path) -> None:
+    """Two small training pairs (2 mm simulated BrainWeb heads, tissue labels as FreeSurfer ids)."""
+    from mriquant.io import write_image
+
+    heads = _heads()
+    folder.mkdir()
+    for k in range(2):
+        affine = heads["affines"][k]
+        tissue = heads["fractions"][k, :4].argmax(0)  # 0 background, 1 CSF, 2 GM, 3 WM
+        brain = heads["brains"][k] > 0
+        ids = np.where(brain, np.array([0, 24, 3, 2])[tissue], 0).astype(np.int16)
+        write_image(Image(heads["images"][k].astype(np.float32) * brain, affine), folder / f"s{k}_SS.nii.gz")
+        write_image(LabelImage(ids, affine), folder / f"s{k}_glm.nii.gz")
+
+
+@pytest.mark.slow
+def test_train_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
+    pairs, run, export = tmp_path / "pairs", tmp_path / "run", tmp_path / "export"
+    _write_pairs(pairs)
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"validate_every": 2, "threads": 1, "validation": "s1"}))
+    args = [str(pairs), "-o", str(run), "--config", str(config), "--max-steps", "2", "--minutes", "0"]
+    assert main(["train", *args]) == 0
+    for name in ("config.json", "checkpoint.pt", "best.pt", "log.jsonl", "cases/s0.npz"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["training_cases"] == ["s0"] and saved["validation_cases"] == ["s1"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and 0.0 <= log[-1]["gm"] <= 1.0
+    assert load_case(run / "cases" / "s0.npz").image is not None
+    assert main(["train", *args[:-2], "--max-steps", "3", "--minutes", "0", "--resume", "--export", str(export)]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3
+    manifest = json.loads((export / "manifest.json").read_text())["models"]["deep"]
+    from mriquant.models import file_sha256
+
+    assert manifest["sha256"] == file_sha256(export / "deep_unet.pt")
+    assert manifest["training_data"] == ["s0"] and manifest["config"]["out_channels"] == N_STRUCTURES + N_TISSUES
+
+
+def test_train_rejects_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"epochs": 3}))
+    assert main(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "Expected config keys" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
