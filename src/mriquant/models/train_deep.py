@@ -201,7 +201,7 @@ def _run_config(args: argparse.Namespace, config: UNetConfig, augment: AugmentCo
         "holdout": list(filter(None, args.holdout.split(","))), "seed": args.seed, "lr": args.lr,
         "minutes": args.minutes if math.isfinite(args.minutes) else None, "max_steps": args.max_steps,
         "command": "mriquant train " + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "licence": args.licence,
     }  # fmt: skip
 
 
@@ -265,7 +265,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         log.close()
     if args.export is not None:
-        export(args.output, args.export)
+        export(args.output, args.export, licence=args.licence)
     return state
 
 
@@ -285,8 +285,13 @@ def _checkpoint(args: argparse.Namespace, net: UNet3D, opt: torch.optim.Optimize
     _log(f"checkpoint step {state['step']}: {scores} (best {state['best']:.4f} at {state['best_step']})")
 
 
-def export(run: Path, folder: Path, name: str = "deep", version: str = "1") -> Path:
-    """Copy ``run/best.pt`` to ``folder`` as ``deep_unet.pt`` and add its manifest entry (SHA-256, config)."""
+def export(run: Path, folder: Path, name: str = "deep", version: str = "1", licence: str | None = None,
+           command: str | None = None) -> Path:  # fmt: skip
+    """Copy ``run/best.pt`` to ``folder`` as ``deep_unet.pt`` and add its manifest entry (SHA-256, config).
+
+    ``licence`` (default: the run's ``--licence``) states the terms the training data puts on the weights;
+    ``command`` (default: the run's recorded command) is how to reproduce them.
+    """
     from mriquant.models import file_sha256
 
     run_config = json.loads((run / "config.json").read_text())
@@ -304,11 +309,11 @@ def export(run: Path, folder: Path, name: str = "deep", version: str = "1") -> P
         "file": weights.name, "sha256": file_sha256(weights), "size_bytes": weights.stat().st_size,
         "config": run_config["architecture"], "augment": run_config["augment"], "version": version,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_command": run_config["command"], "training_steps": best.get("step"),
+        "training_command": command or run_config["command"], "training_steps": best.get("step"),
         "training_minutes": round(float(best.get("seconds", 0.0)) / 60.0, 1),
         "validation": {k: best.get(k) for k in ("subcortical", "gm", "wm")},
         "training_data": run_config["training_cases"], "validation_data": run_config["validation_cases"],
-        "held_out": run_config["holdout"],
+        "held_out": run_config["holdout"], "licence": licence or run_config.get("licence", ""),
     }  # fmt: skip
     tmp = manifest_path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
