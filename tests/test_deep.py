@@ -24,7 +24,15 @@ from mriquant.models.deep_data import (
     load_case,
     tissue_lut,
 )
-from mriquant.models.deep_net import N_STRUCTURES, N_TISSUES, build_network, default_config, predict_box
+from mriquant.models.deep_net import (
+    IMAGE_CHANNELS,
+    N_STRUCTURES,
+    N_TISSUES,
+    box_log_prior,
+    build_network,
+    default_config,
+    predict_box,
+)
 from mriquant.models.deep_synth import AugmentConfig, DeepSampler, normalise_box
 from mriquant.models.train_deep import _dice_loss, dice_scores
 from mriquant.models.unet import UNetConfig
@@ -62,6 +70,34 @@ def test_box_is_symmetric_about_the_midsagittal_plane() -> None:
     assert all(n % default_config().multiple == 0 for n in BOX.shape)
 
 
+def test_box_prior_is_a_distribution_per_head_with_left_on_the_left() -> None:
+    prior = np.exp(box_log_prior())
+    assert prior.shape == (N_STRUCTURES + N_TISSUES, *BOX.shape)
+    np.testing.assert_allclose(prior[:N_STRUCTURES].sum(0), 1.0, atol=1e-4)
+    np.testing.assert_allclose(prior[N_STRUCTURES:].sum(0), 1.0, atol=1e-4)
+    x = BOX.coordinates()[0] * 100.0
+    for left, right in ((17, 53), (10, 49), (4, 43)):  # hippocampus, thalamus, lateral ventricle
+        likely_left, likely_right = prior[STRUCTURES.index(left)] > 0.3, prior[STRUCTURES.index(right)] > 0.3
+        assert float(x[likely_left].mean()) < -5.0 and float(x[likely_right].mean()) > 5.0
+        assert np.mean(x[likely_left] < 0) > 0.99 and np.mean(x[likely_right] > 0) > 0.99
+    centre = tuple(n // 2 for n in BOX.shape)  # near the MNI origin: brain, not background
+    assert prior[0][centre] < 0.1 and prior[N_STRUCTURES][centre] < 0.1
+
+
+def test_untrained_output_convolution_gives_back_the_prior() -> None:
+    net = build_network(UNetConfig(in_channels=4, channels=(4, 8), out_channels=N_STRUCTURES + N_TISSUES))
+    with torch.no_grad():
+        net.unet.head.weight.zero_()
+        net.unet.head.bias.zero_()
+    prior = torch.from_numpy(box_log_prior()[:, 40:48, 60:66, 50:54].copy())
+    x = torch.cat([torch.randn(IMAGE_CHANNELS, 8, 6, 4), prior])
+    probs = predict_box(net, x)
+    torch.testing.assert_close(probs[:N_STRUCTURES], torch.softmax(prior[:N_STRUCTURES], 0))
+    torch.testing.assert_close(probs[N_STRUCTURES:], torch.softmax(prior[N_STRUCTURES:], 0))
+    with pytest.raises(ValueError, match="prior channels"):
+        net(x[None, :IMAGE_CHANNELS])
+
+
 def _reference_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     n = logits.shape[1]
     probs = torch.softmax(logits, 1)
@@ -94,7 +130,7 @@ def test_dice_scores() -> None:
 def test_flip_augmentation_is_exactly_equivariant() -> None:
     torch.manual_seed(0)
     net = build_network(UNetConfig(in_channels=4, channels=(4, 8), out_channels=N_STRUCTURES + N_TISSUES))
-    x = torch.randn(4, 8, 6, 4)
+    x = torch.randn(IMAGE_CHANNELS + N_STRUCTURES + N_TISSUES, 8, 6, 4)
     mirrored = torch.cat([x[:1].flip(1), x[1:]])
     perm = torch.from_numpy(np.concatenate([flip_permutation(), N_STRUCTURES + np.arange(N_TISSUES)]))
     a = predict_box(net, x, flip=True)
@@ -123,7 +159,8 @@ def test_sampler_targets_follow_the_labels(real: bool) -> None:
     config = AugmentConfig(crop=(32, 40, 32), real_fraction=1.0 if real else 0.0, centre_fraction=1.0)
     sampler = DeepSampler([_sphere_case(image=True)], config=config, seed=3)
     x, structures, tissues = sampler.sample()
-    assert x.shape == (4, 32, 40, 32) and structures.shape == tissues.shape == (32, 40, 32)
+    assert x.shape == (IMAGE_CHANNELS + N_STRUCTURES + N_TISSUES, 32, 40, 32)
+    assert structures.shape == tissues.shape == (32, 40, 32)
     lut = torch.from_numpy(tissue_lut().astype(np.int64))
     torch.testing.assert_close(tissues, lut[structures])
     assert set(np.unique(structures.numpy())) <= {0, STRUCTURES.index(2), STRUCTURES.index(3), STRUCTURES.index(24)}

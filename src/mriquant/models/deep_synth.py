@@ -13,14 +13,15 @@ One sample (:meth:`DeepSampler.sample`), all in PyTorch on the CPU:
 4. a smooth multiplicative bias field, a random gamma and Gaussian noise; everything outside the brain is 0
    (the network sees skull-stripped brains, as the pipeline gives it);
 5. the box is normalised like the inference does it (:func:`normalise_box`), then a crop is cut out (half the
-   time centred near the deep grey nuclei) with the coordinate channels of its position.
+   time centred near the deep grey nuclei) with the coordinate and log-prior channels of its position
+   (:func:`~mriquant.models.deep_net.box_log_prior`).
 
 Examples
 --------
 >>> sampler = DeepSampler(cases, seed=0)  # doctest: +SKIP
 >>> x, structures, tissues = sampler.sample()  # doctest: +SKIP
 >>> x.shape  # doctest: +SKIP
-torch.Size([4, 64, 80, 64])
+torch.Size([41, 64, 80, 64])
 
 """
 
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mriquant.models.deep_data import BOX, Box, TrainingCase, tissue_lut
+from mriquant.models.deep_net import box_log_prior
 
 __all__ = ["AugmentConfig", "DeepSampler", "box_coordinates", "normalise_box", "sample_grid"]
 
@@ -118,7 +120,7 @@ class DeepSampler:
         self.weights = self._case_weights()
         self.gen = torch.Generator().manual_seed(seed)
         self.world = box_coordinates()
-        self.coords = torch.from_numpy(BOX.coordinates())
+        self.fixed = torch.cat([torch.from_numpy(BOX.coordinates()), torch.from_numpy(box_log_prior())])
         self.tissue = torch.from_numpy(tissue_lut().astype(np.int64))
         self._labels = [torch.from_numpy(c.labels.astype(np.float32))[None, None] for c in self.cases]
         self._images = [None if c.image is None else torch.from_numpy(c.image.astype(np.float32))[None, None]
@@ -176,7 +178,7 @@ class DeepSampler:
         return start
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One sample: input (4, *crop) = image + 3 coordinate channels, structure and tissue targets (int64)."""
+        """One sample: input (41, *crop) (image, 3 coordinates, 37 log priors), structure and tissue targets."""
         cfg = self.config
         k = int(torch.multinomial(self.weights, 1, generator=self.gen))
         world = self._warped_world()
@@ -198,7 +200,7 @@ class DeepSampler:
         crop = (slice(x0, x0 + cx), slice(y0, y0 + cy), slice(z0, z0 + cz))
         structures = labels[crop].long()
         tissues = self.tissue[structures]
-        inputs = torch.cat([image[crop][None], self.coords[(slice(None), *crop)]], dim=0)
+        inputs = torch.cat([image[crop][None], self.fixed[(slice(None), *crop)]], dim=0)
         return inputs.float(), structures, tissues
 
 

@@ -39,10 +39,10 @@ import torch.nn.functional as F  # noqa: N812
 
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.models.deep_data import IGNORE, STRUCTURES, TrainingCase, load_case, prepare_case
-from mriquant.models.deep_net import build_network, default_config, predict_box, split_heads
+from mriquant.models.deep_net import DualTaskNet, build_network, default_config, predict_box, split_heads
 from mriquant.models.deep_synth import AugmentConfig, DeepSampler
 from mriquant.models.train_options import add_arguments, resolve
-from mriquant.models.unet import UNet3D, UNetConfig
+from mriquant.models.unet import UNetConfig
 
 __all__ = ["SUBCORTICAL", "dice_scores", "main", "parse_args", "train"]
 
@@ -153,7 +153,7 @@ def dice_scores(predicted: np.ndarray, truth: np.ndarray, labels: tuple[int, ...
     return out
 
 
-def validate(net: UNet3D, cases: list[TrainingCase]) -> dict[str, float]:
+def validate(net: DualTaskNet, cases: list[TrainingCase]) -> dict[str, float]:
     """Box-space Dice on the validation cases' real images: 15 subcortical mean, tissue GM and WM."""
     if not cases:
         return {}
@@ -269,7 +269,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return state
 
 
-def _checkpoint(args: argparse.Namespace, net: UNet3D, opt: torch.optim.Optimizer, sampler: DeepSampler,
+def _checkpoint(args: argparse.Namespace, net: DualTaskNet, opt: torch.optim.Optimizer, sampler: DeepSampler,
                 state: dict[str, Any], validation: list[TrainingCase], running: float | None,
                 log: Any) -> None:  # fmt: skip
     scores = validate(net, validation)
