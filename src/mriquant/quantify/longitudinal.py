@@ -9,24 +9,27 @@ Method (``mriquant longitudinal``):
    exactly). A point ``h`` of the *halfway space* samples the baseline at ``H^-1 h`` and the follow-up at
    ``H h``; both are resampled once, with the same cubic B-spline interpolation, onto one isotropic grid
    covering both brains, so neither scan is favoured by interpolation blur (Smith et al. 2002, SIENA).
-3. Percentage brain volume change by **Jacobian integration**: a symmetric diffeomorphic registration
-   (ANTs SyN, local cross-correlation) between the two halfway images; ``J`` is the determinant of the
-   Jacobian of the map from baseline to follow-up positions, and
-   ``PBVC = 100 * (sum(w * J) / sum(w) - 1)`` with ``w`` the baseline's brain-tissue fraction
-   (1 - P(CSF) inside the brain mask, or GM + WM of the tissue map) in halfway space. By the divergence
-   theorem this is the flux of the displacement through the tissue/CSF boundary, i.e. a boundary shift
-   measured where the registration matched the edges, so it is a SIENA-class direct measure.
-4. Per-structure change integrates the same ``J`` over each baseline structure (nearest-neighbour label
-   map in halfway space): ``followup_ml = baseline_ml * mean(J)``; structure changes are therefore direct
-   too and consistent with the whole-brain PBVC.
+3. Percentage brain volume change (``options.pbvc_method``):
 
-Why Jacobian integration rather than a SIENA-like edge-profile boundary shift: it gives the
-per-structure changes from the same deformation (step 4). Measured (``bench/longitudinal_results/latest.md``,
-BrainWeb subject 04 at 1 mm, 1.00 % loss from a 0.5 mm cortical thinning, head rotated 5.4 degrees): the
-rigid step recovers the rotation to 0.01 degree and the halfway brain masks overlap with Dice 0.995, but
-with the default SyN settings (no full-resolution level, flow sigma 3 voxels) the PBVC is -0.29 %, about
-30 % of the true change: the 0.3-point target is not met yet; a uniform 1 % length scaling of the 3 mm
-phantom is recovered within 0.8 points. The edge-profile boundary shift was not benchmarked.
+   - ``"edge"`` (default): **edge-profile boundary shift** (:mod:`mriquant.quantify.boundary_shift`,
+     SIENA-class, written from the paper's description): the sub-voxel motion of every baseline
+     tissue/CSF edge from the cross-correlation of the two scans' derivative profiles along the edge
+     normal, summed over the edge area, with an edge-geometry factor from the divergence theorem and an
+     estimator gain from a known +-0.5 % self-scaling of the follow-up; relative to ``sum(w)``.
+   - ``"jacobian"``: **Jacobian integration** of a symmetric diffeomorphic registration (ANTs SyN,
+     local cross-correlation) between the two halfway images; ``J`` is the determinant of the Jacobian of
+     the map from baseline to follow-up positions, and ``PBVC = 100 * (sum(w * J) / sum(w) - 1)``.
+
+   ``w`` is the baseline's brain-tissue fraction (1 - P(CSF) inside the brain mask, or GM + WM of the
+   tissue map) in halfway space. The Jacobian PBVC is always computed and recorded
+   (``registration["deformable"]["pbvc_jacobian_percent"]``).
+4. Per-structure change integrates the SyN ``J`` over each baseline structure (nearest-neighbour label
+   map in halfway space): ``followup_ml = baseline_ml * mean(J)``, whichever PBVC method is chosen.
+
+Why the edge method is the default (``bench/longitudinal_results/latest.md``, simulated BrainWeb pairs at
+1 mm with a 1.00 % loss from a 0.5 mm cortical thinning): the default SyN (no full-resolution level, flow
+sigma 3 voxels) recovers only about 30 % of the sub-voxel change, the edge method most of it, in seconds.
+At 3 mm neither resolves a 0.5 mm thinning of the whole cortex (``tests/test_longitudinal.py``).
 
 Annualised values are linear (``change_percent / interval_years``), as SIENA reports PBVC/year; they are
 ``None`` with a reason when the interval is unknown.
@@ -45,7 +48,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -54,12 +57,14 @@ from scipy import ndimage
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.quantify.boundary_shift import BoundaryShift, boundary_shift
 
 __all__ = [
     "HalfwaySpace",
     "LongitudinalOptions",
     "change_csv",
     "change_document",
+    "edge_boundary_shift",
     "halfway_space",
     "interval_from_dicom",
     "jacobian_determinant",
@@ -80,6 +85,18 @@ MIN_TISSUE_VOXELS = 1000
 MIN_MASK_DICE = 0.8
 #: Days per year used for DICOM intervals.
 DAYS_PER_YEAR = 365.25
+#: Self-calibration gains of the edge method outside which the PBVC gets a warning (about 0.9 on 1 mm scans).
+EDGE_GAIN_RANGE = (0.6, 1.4)
+#: What ``change.json`` says about each PBVC method.
+PBVC_METHODS = {
+    "edge": "edge-profile boundary shift (SIENA-class, self-calibrated) between the halfway-space scans",
+    "jacobian": "jacobian integration (ANTs SyN between halfway-space scans, brain-tissue weighted)",
+}
+#: Short description of the edge method for the registration record.
+EDGE_METHOD = (
+    "cross-correlation of derivative profiles along the normals of the baseline tissue edges, "
+    "sub-voxel peak; geometry factor from the divergence theorem, gain from a +-0.5 % self-scaling"
+)
 #: Tissue labels of the tissue map (1 CSF, 2 GM, 3 WM).
 TISSUE_NAMES = {1: "CSF", 2: "GM", 3: "WM"}
 
@@ -105,6 +122,14 @@ class LongitudinalOptions:
         SyN update-field smoothing (voxels).
     seed : int
         ANTs random seed.
+    pbvc_method : {"edge", "jacobian"}
+        How ``pbvc_percent`` is measured: ``"edge"`` (default) the edge-profile boundary shift of
+        :mod:`mriquant.quantify.boundary_shift`; ``"jacobian"`` the Jacobian integral of the SyN map
+        (underestimates sub-voxel change, see the module docstring). Structures always use the Jacobian.
+    edge_window_voxels : float
+        Half-length (halfway-grid voxels) of the correlated derivative profiles of the edge method.
+    edge_max_shift_voxels : float
+        Largest edge motion (voxels) the edge method searches.
 
     """
 
@@ -115,6 +140,14 @@ class LongitudinalOptions:
     syn_radius: int = 2
     flow_sigma: float = 3.0
     seed: int = 1
+    pbvc_method: Literal["edge", "jacobian"] = "edge"
+    edge_window_voxels: float = 2.0
+    edge_max_shift_voxels: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.pbvc_method not in PBVC_METHODS:
+            raise InputError(f"Expected pbvc_method in {sorted(PBVC_METHODS)}, found {self.pbvc_method!r}; pick one "
+                             "of those.")  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -168,6 +201,10 @@ class ChangeResult:
         Jacobian determinant on the halfway grid.
     halfway : HalfwaySpace
         The halfway images.
+    warnings : list of str
+        Reasons to doubt the numbers.
+    pbvc_method : str
+        How ``pbvc_percent`` was measured (one of :data:`PBVC_METHODS`' values).
 
     """
 
@@ -178,6 +215,7 @@ class ChangeResult:
     jacobian: Image
     halfway: HalfwaySpace
     warnings: list[str] = field(default_factory=list)
+    pbvc_method: str = PBVC_METHODS["jacobian"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -540,9 +578,10 @@ def measure_change(
         raise InputError(f"Expected two scans of the same brain (brain masks overlapping with Dice >= "
                          f"{MIN_MASK_DICE} after rigid registration), found Dice {dice:.2f}; check that both "
                          "inputs are brain scans of one subject.")  # fmt: skip
-    jacobian = jacobian_determinant(space, options=options)
     weight = np.clip(to_halfway(weight_native, space, order=1), 0.0, 1.0)
-    pbvc = pbvc_from_jacobian(jacobian, weight)
+    edge = edge_boundary_shift(space, weight, options=options) if options.pbvc_method == "edge" else None
+    jacobian = jacobian_determinant(space, options=options)
+    pbvc_jacobian = pbvc_from_jacobian(jacobian, weight)
     structures = _all_structures(baseline, jacobian, space, freesurfer_names={lab.id: lab.name for lab in freesurfer()})
     registration = {
         "rigid": {"method": "ANTs Rigid, Mattes MI, brain-masked, follow-up -> baseline",
@@ -555,14 +594,44 @@ def measure_change(
                        "iterations": list(options.syn_iterations),
                        "radius_voxels": options.syn_radius, "flow_sigma_voxels": options.flow_sigma,
                        "jacobian_min": round(float(jacobian.array.min()), 4),
-                       "jacobian_max": round(float(jacobian.array.max()), 4)},
+                       "jacobian_max": round(float(jacobian.array.max()), 4),
+                       "pbvc_jacobian_percent": round(pbvc_jacobian, 4)},
     }  # fmt: skip
+    if edge is not None:
+        registration["boundary_shift"] = {
+            "method": EDGE_METHOD, "window_voxels": options.edge_window_voxels,
+            "max_shift_voxels": options.edge_max_shift_voxels, **edge.as_dict(),
+        }  # fmt: skip
+    tissue_ml = float(weight.sum()) * space.baseline.voxel_volume_ml
+    pbvc = pbvc_jacobian if edge is None else edge.pbvc_percent
+    return ChangeResult(pbvc, tissue_ml, structures, registration, jacobian, space, _warnings(registration),
+                        pbvc_method=PBVC_METHODS[options.pbvc_method])  # fmt: skip
+
+
+def edge_boundary_shift(
+    space: HalfwaySpace, weight: npt.NDArray[np.float32], *, options: LongitudinalOptions
+) -> BoundaryShift:
+    """The edge-profile boundary shift (:func:`mriquant.quantify.boundary_shift.boundary_shift`) in halfway space.
+
+    ``weight`` is the baseline's brain-tissue fraction on the halfway grid (shape of the grid, [0, 1]).
+    """
+    masks = (space.baseline_mask.array > 0, space.followup_mask.array > 0)
+    return boundary_shift(space.baseline.array, space.followup.array, weight, masks=masks,
+                          window=options.edge_window_voxels, max_shift=options.edge_max_shift_voxels)  # fmt: skip
+
+
+def _warnings(registration: dict[str, Any]) -> list[str]:
+    """Warnings about the pair from the registration and measurement numbers."""
     warnings = []
     if registration["halfway"]["intensity_correlation"] < 0.5:
         warnings.append("the scans correlate poorly after rigid registration (different contrasts?): the "
-                        "deformable step assumes the same contrast, so the change is unreliable")  # fmt: skip
-    tissue_ml = float(weight.sum()) * space.baseline.voxel_volume_ml
-    return ChangeResult(pbvc, tissue_ml, structures, registration, jacobian, space, warnings)
+                        "change measures assume the same contrast, so the change is unreliable")  # fmt: skip
+    gain = registration.get("boundary_shift", {}).get("gain")
+    if gain is not None and not EDGE_GAIN_RANGE[0] <= gain <= EDGE_GAIN_RANGE[1]:
+        warnings.append(f"the edge motion followed a known scaling with a gain of {gain:.2f} (expected "
+                        f"{EDGE_GAIN_RANGE[0]}-{EDGE_GAIN_RANGE[1]}): edges are poorly matched, the PBVC is "
+                        "unreliable")  # fmt: skip
+    return warnings
 
 
 def _all_structures(
@@ -638,7 +707,7 @@ def change_document(result: ChangeResult, *, interval_years: float | None, inter
         structures.append(out)
     doc: dict[str, Any] = {
         "pbvc_percent": round(result.pbvc_percent, 4),
-        "pbvc_method": "jacobian integration (ANTs SyN between halfway-space scans, brain-tissue weighted)",
+        "pbvc_method": result.pbvc_method,
         "interval_years": None if interval_years is None else round(interval_years, 4),
         "interval_source": interval_source,
         "annualised_pbvc_percent": annual(result.pbvc_percent),
