@@ -23,8 +23,17 @@ formulation of SIENA (Smith et al. 2002, NeuroImage 17:479), written from the pu
      surface is three times the enclosed volume, so ``k = 3 sum(w) / sum_all(area * (x - c) . n)``
      over all edge points; it corrects the per-point areas (noisy normals inflate ``1 / max|n_i|``).
    - ``g`` (estimator gain, SIENA's self-calibration): the follow-up is re-sampled scaled by
-     ``1 +- delta`` about the edge centroid ``c`` (``delta = 0.5 %``), which moves every edge by the known
-     ``delta (x - c) . n``; ``g`` is the measured change of ``sum(area * s)`` divided by the known one.
+     ``1 +- delta`` about the edge centroid ``c`` (``delta = 0.5 %``), which moves every follow-up edge
+     ``y + s n`` by the known ``+-delta (y + s n - c) . n``; ``g`` is the measured change of
+     ``sum(area * s)`` divided by the known one.
+
+Known limits (measured in ``tests/test_longitudinal.py`` and ``bench/longitudinal_results/latest.md``):
+the volume is first order in the edge motion (the second-order curvature term is left out: on a convex
+object a shrink by a fraction ``e`` of its size is overestimated by about ``e``, a growth underestimated);
+and the correlation peak of partial-volume edge profiles locks partly to the voxel grid, which the
+self-calibration cannot see (it resamples the follow-up, moving its voxel grid with it): on a synthetic
+ellipsoid a shrink of 0.14 voxel is measured within 1 % and a growth of 0.14 voxel about 8 % low;
+at 3 mm a 0.5 mm thinning of the whole cortex is mostly missed (sulci are not resolved).
 
 Examples
 --------
@@ -357,8 +366,9 @@ def boundary_shift(
                     ndimage.spline_filter(np.asarray(followup, dtype=np.float64), order=3))  # fmt: skip
     sums = _motion_sums(coefficients, measured, window=window, max_shift=max_shift, centre=centre)
     delta = CALIBRATION_SCALE
-    # scaling by 1 +- delta about c moves an edge at y by +-delta (y - c) . n: the two differ by 2 delta (y - c) . n
-    known = 2.0 * delta * float(measured.flux(centre).sum())
+    # scaling by 1 +- delta about c moves a follow-up edge at y' by +-delta (y' - c) . n, and y' = y + s n lies the
+    # measured motion s beyond the baseline's edge y: sum(area * (y' - c) . n) = flux + sum(area * s)
+    known = 2.0 * delta * (float(measured.flux(centre).sum()) + float(sums[0]))
     gain = float(sums[1] - sums[2]) / known
     if not gain > 0:
         raise InputError(f"Expected the edge motion to follow a known {100 * delta:.1f} % scaling of the follow-up, "
