@@ -139,6 +139,13 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     p.add_argument("--skullstripped", action="store_true", help="both inputs are already skull-stripped")
     p.add_argument("--no-structures", action="store_true", help="tissues only (no atlas structures, faster)")
+    p.add_argument(
+        "--pbvc-method",
+        choices=("edge", "jacobian"),
+        default="edge",
+        help="how the brain volume change is measured: edge-profile boundary shift (default) or Jacobian "
+        "integration of the SyN registration (structures always use the Jacobian)",
+    )
     p.set_defaults(handler=_cmd_longitudinal)
 
     p = sub.add_parser("evaluate", help="compare a label map with a reference: Dice, HD95, ASSD, volume")
@@ -366,8 +373,9 @@ def _cmd_longitudinal(args: argparse.Namespace) -> int:
             Case(images[0]), config, progress=lambda text: bar.update(task, description=f"baseline: {text}")
         )
         bar.update(task, description="measuring the change")
-        with baseline.step("longitudinal", {"options": lg.LongitudinalOptions().as_dict()}):
-            result = lg.measure_change(baseline, followup)
+        options = lg.LongitudinalOptions(pbvc_method=args.pbvc_method)
+        with baseline.step("longitudinal", {"options": options.as_dict()}):
+            result = lg.measure_change(baseline, followup, options=options)
         change = lg.change_document(result, interval_years=interval, interval_source=source)
         bar.update(task, description="writing the report")
         _write_longitudinal_outputs(args, staging, baseline, followup, change, config, started, t0)
