@@ -11,21 +11,31 @@ Pairs (BrainWeb crisp anatomies 04, 05, 06, 0.5 mm labels, simulated T1 at 1 mm)
 
 Truth PBVC = 100 * (GM + WM voxels of the follow-up model / GM + WM voxels of the baseline model - 1),
 counted on the 0.5 mm models (so the nearest-neighbour rotation's own small volume change is in the
-truth). Both scans are masked with their simulated brain masks and run with ``skullstripped=True``
-(N4 inside the mask; skull stripping is benchmarked elsewhere), the baseline segmented with ``mrf``
-tissues (no structures), then :func:`mriquant.quantify.longitudinal.measure_change`.
+truth). Both scans are masked with their simulated brain masks. Two modes (column ``mode``):
 
-Every pair runs in a forked child: ``s`` is its wall time (preprocessing + segmentation + change),
-``MB`` the child's peak RSS. Results: ``bench/longitudinal_results/latest.md``.
+- ``pipeline`` (default): both run with ``skullstripped=True`` (N4 inside the mask; skull stripping is
+  benchmarked elsewhere), the baseline segmented by ``run_pipeline`` with ``mrf`` tissues (no
+  structures), then :func:`mriquant.quantify.longitudinal.measure_change`;
+- ``truth`` (``--truth-tissue``, cheaper): no N4 and no segmentation; the baseline's tissue map is the
+  simulated truth (majority class per 1 mm voxel), then the same ``measure_change``.
+
+``measure_change`` runs with its default options (``pbvc_method="edge"``), so every row has the edge
+boundary-shift PBVC (``edge %``) and, from the same run, the Jacobian-integration PBVC of the default SyN
+(``jacobian %``); ``error`` is edge minus truth. Every pair runs in a forked child: ``s`` is its wall
+time (preprocessing + segmentation + change, simulation excluded), ``MB`` the child's peak RSS (including
+the simulation from the 0.5 mm model). Results: ``bench/longitudinal_results/latest.md`` (``--append``
+merges the rows into the existing ``latest.json``, replacing rows of the same subject, pair and mode).
 
 Usage::
 
-    python bench/longitudinal.py [--subjects 04 05 06] [--loss 1.0]
+    python bench/longitudinal.py [--subjects 04 05 06] [--kinds thin rescan] [--loss 1.0] [--truth-tissue]
+        [--append]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import resource
@@ -38,7 +48,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from mriquant.core.image import Image, LabelImage
+from mriquant.core.case import Case
+from mriquant.core.image import LabelImage
+from mriquant.testing.brainweb import SimulatedScan
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brainweb-crisp"
 RESULTS = Path(__file__).resolve().parent / "longitudinal_results"
@@ -94,25 +106,40 @@ def _tissue_voxels(labels: LabelImage) -> int:
     return int(np.isin(labels.array, (2, 3)).sum())
 
 
-def _scan(labels: LabelImage, seed: int, bias: float) -> Image:
+def _scan(labels: LabelImage, seed: int, bias: float) -> SimulatedScan:
+    """Simulated T1 (1 mm, noise 3 %), masked with its simulated brain mask."""
     from mriquant.testing.brainweb import simulate
 
     sim = simulate(labels, contrast="T1", noise=0.03, bias=bias, resolution_mm=1.0, seed=seed)
-    return sim.image.with_array(np.where(sim.brain_mask.array > 0, sim.image.array, 0).astype(np.float32))
+    masked = sim.image.with_array(np.where(sim.brain_mask.array > 0, sim.image.array, 0).astype(np.float32))
+    return dataclasses.replace(sim, image=masked)
 
 
-def _measure(baseline: Image, followup: Image) -> dict[str, Any]:
+def _truth_case(scan: SimulatedScan) -> Case:
+    """A case with the simulated brain mask and (majority) tissue map, no N4: the ``truth`` mode."""
+    from mriquant.core.case import Case
+
+    case = Case(scan.image)
+    case.labels["brain_mask"] = scan.brain_mask
+    case.labels["tissue"] = scan.tissue
+    return case
+
+
+def _measure(baseline: SimulatedScan, followup: SimulatedScan, mode: str) -> dict[str, Any]:
     from mriquant.core.case import Case
     from mriquant.pipeline import RunConfig, prepare_for_segmentation, run_pipeline
     from mriquant.quantify.longitudinal import measure_change
 
-    base = run_pipeline(Case(baseline), RunConfig(structure_method=None, skullstripped=True))
-    follow = prepare_for_segmentation(Case(followup), skullstripped=True, needs_registration=False)
+    if mode == "truth":
+        base, follow = _truth_case(baseline), _truth_case(followup)
+    else:
+        base = run_pipeline(Case(baseline.image), RunConfig(structure_method=None, skullstripped=True))
+        follow = prepare_for_segmentation(Case(followup.image), skullstripped=True, needs_registration=False)
     result = measure_change(base, follow)
-    return {"pbvc": result.pbvc_percent, "registration": result.registration}
+    return {"pbvc": result.pbvc_percent, "method": result.pbvc_method, "registration": result.registration}
 
 
-def run_pair(subject: str, kind: str, loss: float, index: int) -> dict[str, Any]:
+def run_pair(subject: str, kind: str, loss: float, index: int, mode: str = "pipeline") -> dict[str, Any]:
     """Simulate one pair, measure it, return the row (runs in a child process)."""
     from mriquant.io import read_labels
 
@@ -127,12 +154,17 @@ def run_pair(subject: str, kind: str, loss: float, index: int) -> dict[str, Any]
     del labels, changed, moved
     sim_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    out = _measure(baseline, followup)
-    rigid = out["registration"]["rigid"]
-    return {"subject": subject, "kind": kind, "truth": truth, "pbvc": out["pbvc"], "error": out["pbvc"] - truth,
+    out = _measure(baseline, followup, mode)
+    reg = out["registration"]
+    return {"subject": subject, "kind": kind, "mode": mode, "truth": truth, "pbvc": out["pbvc"],
+            "error": out["pbvc"] - truth, "pbvc_method": out["method"],
+            "jacobian": reg["deformable"]["pbvc_jacobian_percent"],
+            "jacobian_error": reg["deformable"]["pbvc_jacobian_percent"] - truth,
+            "edge_gain": reg["boundary_shift"]["gain"], "edge_area_factor": reg["boundary_shift"]["area_factor"],
+            "edge_points": reg["boundary_shift"]["measured_points"],
             "rotation_true_deg": float(np.degrees(np.arccos((np.trace(rotation_matrix(angles)) - 1) / 2))),
-            "rotation_found_deg": rigid["rotation_deg"], "sim_s": sim_s, "s": time.perf_counter() - t1,
-            "dice": out["registration"]["halfway"]["brain_mask_dice"]}  # fmt: skip
+            "rotation_found_deg": reg["rigid"]["rotation_deg"], "sim_s": sim_s, "s": time.perf_counter() - t1,
+            "dice": reg["halfway"]["brain_mask_dice"]}  # fmt: skip
 
 
 def _child(queue: Any, *args: Any) -> None:
@@ -158,25 +190,32 @@ def _forked(*args: Any) -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| subject | pair | true PBVC % | measured % | error (points) | rotation true / found (deg) | s | MB |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| subject | pair | mode | true PBVC % | edge % | error (points) | jacobian % | jacobian error | "
+             "edge gain | rotation true / found (deg) | s | MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['subject']} | {r['kind']} | {r['truth']:+.3f} | {r['pbvc']:+.3f} | {r['error']:+.3f} | "
-                     f"{r['rotation_true_deg']:.2f} / {r['rotation_found_deg']:.2f} | {r['s']:.0f} | {r['MB']:.0f} |")
+        lines.append(f"| {r['subject']} | {r['kind']} | {r['mode']} | {r['truth']:+.3f} | {r['pbvc']:+.3f} | "
+                     f"{r['error']:+.3f} | {r['jacobian']:+.3f} | {r['jacobian_error']:+.3f} | "
+                     f"{r['edge_gain']:.3f} | {r['rotation_true_deg']:.2f} / {r['rotation_found_deg']:.2f} | "
+                     f"{r['s']:.0f} | {r['MB']:.0f} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
-    thin = [abs(r["error"]) for r in rows if r["kind"] == "thin"]
-    rescan = [abs(r["pbvc"]) for r in rows if r["kind"] == "rescan"]
     parts = []
-    if thin:
-        parts.append(f"thinning: mean |error| {np.mean(thin):.3f}, max {np.max(thin):.3f} points "
-                     f"(target <= {TARGET_ERROR})")
-    if rescan:
-        parts.append(f"scan-rescan: mean |PBVC| {np.mean(rescan):.3f}, max {np.max(rescan):.3f} % "
-                     f"(target <= {TARGET_RESCAN})")
-    return "; ".join(parts)
+    for mode in sorted({r["mode"] for r in rows}):
+        for name, error_key, pbvc_key in (("edge", "error", "pbvc"), ("jacobian", "jacobian_error", "jacobian")):
+            thin = [abs(r[error_key]) for r in rows if r["kind"] == "thin" and r["mode"] == mode]
+            rescan = [abs(r[pbvc_key]) for r in rows if r["kind"] == "rescan" and r["mode"] == mode]
+            if thin:
+                met = "met" if max(thin) <= TARGET_ERROR else "NOT met"
+                parts.append(f"- {mode}, {name}: thinning mean |error| {np.mean(thin):.3f}, max {np.max(thin):.3f} "
+                             f"points over {len(thin)} pairs (target <= {TARGET_ERROR}: {met})")  # fmt: skip
+            if rescan:
+                met = "met" if max(rescan) <= TARGET_RESCAN else "NOT met"
+                parts.append(f"- {mode}, {name}: scan-rescan mean |PBVC| {np.mean(rescan):.3f}, max "
+                             f"{np.max(rescan):.3f} % over {len(rescan)} pairs (target <= {TARGET_RESCAN}: {met})")
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,15 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", nargs="+", default=["04", "05", "06"])
     parser.add_argument("--kinds", nargs="+", default=["thin", "rescan"])
     parser.add_argument("--loss", type=float, default=1.0, help="brain-tissue loss of the thinning pairs (percent)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--truth-tissue", action="store_true",
+                        help="cheaper 'truth' mode: no N4 or segmentation, the simulated tissue map as baseline")
+    parser.add_argument("--append", action="store_true", help="merge the rows into the existing latest.json")
+    args = parser.parse_args(argv)  # fmt: skip
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found", file=sys.stderr)
         return 0
-    rows = []
-    for index, subject in enumerate(args.subjects):
+    mode = "truth" if args.truth_tissue else "pipeline"
+    rows: list[dict[str, Any]] = []
+    if args.append and (RESULTS / "latest.json").is_file():
+        rows = json.loads((RESULTS / "latest.json").read_text())
+    for subject in args.subjects:
+        index = (int(subject) - 4) % 3  # pair geometry by subject: 04, 05, 06 -> 0, 1, 2 (as before)
         for kind in args.kinds:
-            rows.append(_forked(subject, kind, args.loss, index))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            row = _forked(subject, kind, args.loss, index, mode)
+            rows = [r for r in rows if (r["subject"], r["kind"], r.get("mode")) != (subject, kind, mode)] + [row]
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            print(_table([row]).splitlines()[-1], flush=True)
+    rows.sort(key=lambda r: (r["mode"], r["subject"], r["kind"] != "thin"))
     RESULTS.mkdir(exist_ok=True)
     text = (f"# longitudinal PBVC benchmark\n\n{__doc__.split('Usage::')[0]}\n{_table(rows)}\n\n"
             f"{_summary(rows)}\n")  # fmt: skip
