@@ -19,7 +19,8 @@ Methods, each on the same image and mask:
 - ``atlas``: the shipped atlas (SynthSeg-20 priors, affine + SyN registration included) x intensity EM;
   ``atlas-miccai`` with ``--library FILE``: the MICCAI library with the test subject left out (its other
   14 subjects vote; the deep network saw 9 of them, so this peer has more expert data);
-- ``mrf``: the default classical tissue method (EM + MRF + MNI152 priors, its own affine registration).
+- ``mrf``: the default classical tissue method (EM + MRF + MNI152 priors, its own affine registration); on
+  BrainWeb it is told the contrast (its default assumes T1), the deep network is not.
 
 Every method runs in a forked child: ``s`` is its wall time (registration included), ``MB`` the child's
 peak RSS growth. Results: ``bench/deep_results/latest.md`` (and ``latest.json``).
@@ -28,6 +29,11 @@ Usage::
 
     python bench/deep.py [--weights DIR] [--library /tmp/atl/miccai2012.npz] [--subjects 1013 1014]
     python bench/deep.py --no-miccai --contrasts T2 PD      # BrainWeb only
+    python bench/deep.py --methods deep deep-noflip --reuse /tmp/peers/latest.json   # peers from an earlier run
+
+``--reuse FILE`` takes the rows of methods *not* in ``--methods`` from an earlier ``latest.json`` (same
+subjects and anatomies), so the classical peers need not be re-run for every set of weights; the report
+says which rows were reused and when they were measured.
 """
 
 from __future__ import annotations
@@ -65,7 +71,9 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> Any:
+def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
+             contrast: str | None = None) -> Any:  # fmt: skip
+    """``method`` on one scan; ``mrf`` is told the contrast when known (it assumes T1 otherwise), ``deep`` never."""
     from mriquant.segment import get_segmenter
 
     name = method.split("-")[0]
@@ -74,16 +82,19 @@ def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: ar
         options = cls.options_type(weights=args.weights, flip=method != "deep-noflip")
     elif method == "atlas-miccai":
         options = cls.options_type(atlas=str(args.library), exclude=subject)
+    elif name == "mrf" and contrast is not None:
+        options = cls.options_type(contrast=contrast)
     else:
         options = cls.options_type()
     return cls(options).segment(image, mask)
 
 
-def _child(conn: Any, method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> None:
+def _child(conn: Any, method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
+           contrast: str | None) -> None:  # fmt: skip
     try:
         start = _rss_mb()
         t0 = time.perf_counter()
-        seg = _segment(method, image, mask, subject, args)
+        seg = _segment(method, image, mask, subject, args, contrast)
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         conn.send({"seconds": seconds, "mb": max(peak - start, 0.0), "tissue": seg.tissue, "dseg": seg.dseg,
@@ -94,11 +105,12 @@ def _child(conn: Any, method: str, image: Image, mask: LabelImage, subject: str,
         conn.close()
 
 
-def run(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace) -> dict[str, Any]:
+def run(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
+        contrast: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``method`` on one scan in a forked child: its outputs, seconds and peak memory."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, method, image, mask, subject, args))
+    proc = ctx.Process(target=_child, args=(child, method, image, mask, subject, args, contrast))
     proc.start()
     child.close()
     result: dict[str, Any] = parent.recv() if parent.poll(3600) else {"error": "timeout"}
@@ -119,6 +131,18 @@ def _structure_scores(dseg: LabelImage | None, truth: LabelImage) -> dict[str, A
     per = {STRUCTURES[m.label]: m.dice for m in metrics}
     hd = [m.hd95_mm for m in metrics if m.hd95_mm is not None and np.isfinite(m.hd95_mm)]
     return {"structures": per, "mean_dice": float(np.mean(list(per.values()))), "mean_hd95": float(np.mean(hd))}
+
+
+def reused_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of an earlier run (``--reuse``) for the methods this run does not measure."""
+    if args.reuse is None:
+        return []
+    earlier = json.loads(args.reuse.read_text())
+    cases = set(args.subjects) | {f"{a} {c}" for a in args.anatomies for c in args.contrasts}
+    rows = [r for r in earlier["rows"] if r["method"] not in args.methods and r["case"] in cases]
+    for r in rows:
+        r["reused"] = earlier.get("measured", str(args.reuse))
+    return rows
 
 
 def miccai_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -156,8 +180,8 @@ def brainweb_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for contrast in args.contrasts:
             scan = simulate(labels, contrast=contrast, noise=0.03, bias=0.2, seed=1)
             truth = np.asarray(scan.tissue.array)
-            for method in ("deep", "mrf"):
-                out = run(method, scan.image, scan.brain_mask, anatomy, args)
+            for method in [m for m in ("deep", "mrf") if m in args.methods]:
+                out = run(method, scan.image, scan.brain_mask, anatomy, args, contrast)
                 row: dict[str, Any] = {"data": "brainweb", "case": f"{anatomy} {contrast}", "method": method,
                                        "contrast": contrast}  # fmt: skip
                 if "error" in out:
@@ -183,7 +207,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, weights: dict[s
     lines = [f"# deep benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "",
              f"Weights: {weights}", ""]  # fmt: skip
     miccai = [r for r in rows if r["data"] == "miccai" and "error" not in r]
-    methods = [m for m in args.methods if any(r["method"] == m for r in miccai)]
+    order = list(dict.fromkeys([*args.methods, *(r["method"] for r in rows)]))
+    methods = [m for m in order if any(r["method"] == m for r in miccai)]
+    reused = sorted({f"{r['method']} ({r['reused']})" for r in rows if "reused" in r})
+    if reused:
+        lines += [f"Rows reused from an earlier run of this benchmark (same inputs): {', '.join(reused)}.", ""]
     if miccai:
         lines += [f"## MICCAI 2012, held-out subjects {', '.join(args.subjects)} (real T1)", "",
                   "| method | mean Dice (15 structures) | min subject | HD95 mm | GM Dice | WM Dice | s | MB |",
@@ -253,6 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-miccai", action="store_true")
     p.add_argument("--no-brainweb", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--reuse", type=Path, help="latest.json of an earlier run: rows of methods not in --methods")
     return p.parse_args(argv)
 
 
@@ -263,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mriquant.segment.deep import load_network
 
-    _, weights = load_network(args.weights)
+    weights = load_network(args.weights)[1] if any(m.startswith("deep") for m in args.methods) else {}
     rows = [] if args.no_miccai else miccai_rows(args)
     rows += [] if args.no_brainweb else brainweb_rows(args)
+    rows += reused_rows(args)
     text = report(rows, args, weights)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.md").write_text(text)
-    (args.out / "latest.json").write_text(json.dumps({"weights": weights, "rows": rows}, indent=1, default=str))
+    measured = time.strftime("%Y-%m-%d %H:%M")
+    document = {"weights": weights, "measured": measured, "load": os.getloadavg(), "rows": rows}
+    (args.out / "latest.json").write_text(json.dumps(document, indent=1, default=str))
     print(text)
     return 0
 

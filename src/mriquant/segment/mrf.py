@@ -41,10 +41,13 @@ EM stops when the mean absolute change of the posteriors falls below ``tol`` (or
 Initialisation and contrast
 ---------------------------
 k-means on the intensities gives three sorted classes; the contrast's order maps them to
-tissues (see :mod:`mriquant.segment._tissue`). With ``contrast="auto"`` and MNI priors the map
-is the permutation of classes to tissues that maximises the mean prior probability of each
-class's voxels (works for T1, T2, PD and FLAIR alike); without priors the ``auto`` rule of the
-other methods applies.
+tissues (see :mod:`mriquant.segment._tissue`). With ``contrast="auto"`` (the default) and MNI
+priors the map is the permutation of classes to tissues that maximises the mean prior probability
+of each class's voxels (works for T1, T2, PD and FLAIR alike); without priors the ``auto`` rule of
+the other methods applies. Measured: the same Dice as ``contrast="T1"`` on MICCAI 2012 subjects
+1000, 1013, 1014 (identical segmentations), and on simulated BrainWeb T2/PD (subjects 04, 05, 3 %
+noise, 20 % bias) GM/WM 0.938-0.944 / 0.941-0.951, where the old ``T1`` default swapped WM and CSF
+(WM Dice 0) in ``run``.
 
 Priors
 ------
@@ -137,7 +140,7 @@ BIAS_SAMPLES = 200_000
 class MRFOptions:
     """Options of ``mrf``."""
 
-    contrast: ContrastName = field(default="T1", metadata={"help": CONTRAST_HELP})
+    contrast: ContrastName = field(default="auto", metadata={"help": CONTRAST_HELP + "; default auto"})
     beta: float = field(default=0.3, metadata={"help": "Potts MRF weight per neighbour (0 = no spatial prior)"})
     neighbourhood: int = field(default=6, metadata={"help": "MRF neighbourhood: 6 (faces) or 26 (3x3x3 box)"})
     priors: PriorChoice = field(default="mni", metadata={"help": "Atlas priors: mni (registered MNI152) or none"})
