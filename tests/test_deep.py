@@ -232,6 +232,23 @@ def test_train_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert manifest["training_data"] == ["s0"] and manifest["config"]["out_channels"] == N_STRUCTURES + N_TISSUES
 
 
+@pytest.mark.slow
+def test_train_starts_from_given_weights(tmp_path: Path) -> None:
+    from mriquant.segment.deep import load_network
+
+    pairs, first, second = tmp_path / "pairs", tmp_path / "first", tmp_path / "second"
+    _write_pairs(pairs)
+    common = ["--threads", "1", "--max-steps", "1", "--minutes", "0", "--validation", "s1"]
+    assert main(["train", str(pairs), "-o", str(first), *common]) == 0
+    assert main(["train", str(pairs), "-o", str(second), *common, "--max-steps", "0", "--minutes", "1e-9",
+                 "--init", str(first)]) == 0  # fmt: skip
+    a, _ = load_network(str(first))
+    b, _ = load_network(str(second))  # no step taken: the initial weights come back
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value)
+    assert json.loads((second / "config.json").read_text())["init"] == str(first)
+
+
 def test_train_rejects_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "train.json"
     config.write_text(json.dumps({"epochs": 3}))

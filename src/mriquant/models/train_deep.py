@@ -202,6 +202,7 @@ def _run_config(args: argparse.Namespace, config: UNetConfig, augment: AugmentCo
         "minutes": args.minutes if math.isfinite(args.minutes) else None, "max_steps": args.max_steps,
         "command": "mriquant train " + " ".join(getattr(args, "argv", None) or sys.argv[1:]),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "licence": args.licence,
+        "init": args.init,
     }  # fmt: skip
 
 
@@ -221,6 +222,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                                      paired_share=args.paired_share)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = build_network(config).to(device)
+    if args.init is not None:
+        _initialise(net, args.init)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-5)
     sampler = DeepSampler(cases, config=augment, seed=args.seed)
     state: dict[str, Any] = {"step": 0, "seconds": 0.0, "best": -1.0, "best_step": 0}
@@ -239,6 +242,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     log = open(args.output / "log.jsonl", "a")  # noqa: SIM115 (kept open for the loop)
     running = None
     try:
+        if args.init is not None and state["step"] == 0:  # the starting weights are the first candidate
+            _checkpoint(args, net, opt, sampler, state, validation, running, log)
         while True:
             elapsed = time.perf_counter() - started
             if elapsed >= budget or (args.max_steps and state["step"] >= args.max_steps):
@@ -267,6 +272,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.export is not None:
         export(args.output, args.export, licence=args.licence)
     return state
+
+
+def _initialise(net: DualTaskNet, weights: str) -> None:
+    """Load ``weights`` (as ``segment --weights`` takes them; checked against their manifest) into ``net``.
+
+    Training on two CPU cores is slow; starting from the bundled weights lets runs add up across sessions.
+    """
+    from mriquant.segment.deep import load_network
+
+    trained, description = load_network(weights)
+    if trained.config != net.config:
+        raise InputError(f"Expected --init weights of the architecture {net.config.as_dict()}, found "
+                         f"{trained.config.as_dict()}; train from scratch instead.")  # fmt: skip
+    net.load_state_dict(trained.state_dict())
+    _log(f"initialised from {description.get('file')} (sha256 {str(description.get('sha256'))[:12]})")
 
 
 def _checkpoint(args: argparse.Namespace, net: DualTaskNet, opt: torch.optim.Optimizer, sampler: DeepSampler,
@@ -314,6 +334,7 @@ def export(run: Path, folder: Path, name: str = "deep", version: str = "1", lice
         "validation": {k: best.get(k) for k in ("subcortical", "gm", "wm")},
         "training_data": run_config["training_cases"], "validation_data": run_config["validation_cases"],
         "held_out": run_config["holdout"], "licence": licence or run_config.get("licence", ""),
+        "initialised_from": run_config.get("init"),
     }  # fmt: skip
     tmp = manifest_path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

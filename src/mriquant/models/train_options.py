@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paired-share", type=float, default=None,
                    help="share of draws from cases with an image, the rest label maps alone (default 0.6)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument("--init", default=None,
+                   help="start from these weights ('default': the bundled ones, or a folder as for segment "
+                        "--weights) instead of random ones; a fresh schedule and optimiser")
     p.add_argument("--export", type=Path, default=None, help="write the best weights + manifest entry here")
     p.add_argument("--licence", default=None, help="terms the training data puts on the weights (recorded)")
 
@@ -44,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "image_suffix": "_SS.nii.gz", "label_suffix": "_glm.nii.gz", "mask_suffix": "_mask.nii.gz", "map": None,
     "holdout": "", "validation": "", "minutes": 60.0, "max_steps": 0, "validate_every": 300, "lr": 2e-3,
     "seed": 0, "threads": 0, "real_fraction": 0.6, "paired_share": 0.6, "label_maps": None, "data": None,
-    "licence": "",
+    "licence": "", "init": None,
 }  # fmt: skip
 
 
