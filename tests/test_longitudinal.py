@@ -342,7 +342,7 @@ def test_cli_refuses_a_bad_interval(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"BrainWeb crisp models not found at {DATA}")
-@pytest.mark.xfail(reason="at 3 mm neither the edge method (default: -1.83 % for -6.47 %) nor the SyN Jacobian "
+@pytest.mark.xfail(reason="at 3 mm neither the edge method (default: -1.81 % for -6.47 %) nor the SyN Jacobian "
                    "(-2.04 %) resolves a 0.5 mm thinning of the whole cortex; at 1 mm see "
                    "bench/longitudinal_results/latest.md", strict=True)
 def test_brainweb_thinning_at_3mm() -> None:

@@ -26,10 +26,15 @@ Method (``mriquant longitudinal``):
 4. Per-structure change integrates the SyN ``J`` over each baseline structure (nearest-neighbour label
    map in halfway space): ``followup_ml = baseline_ml * mean(J)``, whichever PBVC method is chosen.
 
-Why the edge method is the default (``bench/longitudinal_results/latest.md``, simulated BrainWeb pairs at
-1 mm with a 1.00 % loss from a 0.5 mm cortical thinning): the default SyN (no full-resolution level, flow
-sigma 3 voxels) recovers only about 30 % of the sub-voxel change, the edge method most of it, in seconds.
-At 3 mm neither resolves a 0.5 mm thinning of the whole cortex (``tests/test_longitudinal.py``).
+Why the edge method is the default (``bench/longitudinal_results/latest.md``, measured 2026-12-04 on
+simulated BrainWeb pairs at 1 mm, subjects 04, 05, 06, a 1.00 % loss from a 0.5 mm cortical thinning, head
+rotated 5.4-5.8 degrees): the edge PBVC is within 0.05-0.17 points of the truth and within 0.05 % of zero on
+scan-rescan pairs, in about 10 s; the Jacobian of the default SyN (no full-resolution level, flow sigma 3
+voxels) recovers only 33-62 % of the thinning (errors 0.38-0.67 points) and takes 2-3 minutes (it is still
+run for the structures). The edge method still misses 5-17 % of the thinning (not investigated yet; a
+likely cause: in tight sulci the baseline's tissue fraction never falls below 0.5, so those edges are not
+edge points), and at 3 mm neither method resolves a 0.5 mm thinning of the whole cortex
+(``tests/test_longitudinal.py``).
 
 Annualised values are linear (``change_percent / interval_years``), as SIENA reports PBVC/year; they are
 ``None`` with a reason when the interval is unknown.
