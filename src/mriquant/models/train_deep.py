@@ -39,7 +39,15 @@ import torch.nn.functional as F  # noqa: N812
 
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.models.deep_data import IGNORE, STRUCTURES, TrainingCase, load_case, prepare_case
-from mriquant.models.deep_net import DualTaskNet, build_network, default_config, predict_box, split_heads
+from mriquant.models.deep_net import (
+    PRIOR_FLOOR,
+    PRIOR_SIGMA_MM,
+    DualTaskNet,
+    build_network,
+    default_config,
+    predict_box,
+    split_heads,
+)
 from mriquant.models.deep_synth import AugmentConfig, DeepSampler
 from mriquant.models.train_options import add_arguments, resolve
 from mriquant.models.unet import UNetConfig
@@ -335,6 +343,7 @@ def export(run: Path, folder: Path, name: str = "deep", version: str = "1", lice
         "training_data": run_config["training_cases"], "validation_data": run_config["validation_cases"],
         "held_out": run_config["holdout"], "licence": licence or run_config.get("licence", ""),
         "initialised_from": run_config.get("init"),
+        "prior": {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FLOOR},
     }  # fmt: skip
     tmp = manifest_path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
