@@ -192,6 +192,16 @@ def test_affine_recovered(affine_tx: Transform) -> None:
     assert np.linalg.norm((estimate - truth) @ (AFFINE_TRUTH @ brain_centre)) < 1.0
 
 
+def test_inverted_contrast_registers_like_t1(lia_subject: Image, template3: Image) -> None:
+    """A T2/PD-like contrast (dark white matter) gives a negative correlation, not a failure."""
+    inside = lia_subject.array > 0.05
+    inverted = lia_subject.with_array(np.where(inside, lia_subject.array.max() - lia_subject.array, 0.0))
+    tx = register_to_mni(inverted, kind="affine", template=template3, options=FAST)
+    assert tx.meta["quality"]["ncc"] < -0.4
+    estimate, truth = tx.affine_ras(), np.linalg.inv(AFFINE_TRUTH)
+    assert angle_deg(estimate, truth) < 1.5 and np.abs(estimate[:3, :3] - truth[:3, :3]).max() < 0.03
+
+
 def test_to_subject_is_native_grid(affine_tx: Transform, lia_subject: Image, template2: Image) -> None:
     back = affine_tx.apply(template2, direction="to_subject")
     assert back.shape == lia_subject.shape

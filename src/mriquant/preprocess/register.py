@@ -148,8 +148,9 @@ class RegistrationOptions:
     seed : int
         ANTs random seed (non-zero).
     min_ncc : float
-        Lowest accepted normalised cross-correlation inside the template brain (see
-        :func:`registration_quality`); below it the registration is a failure.
+        Lowest accepted magnitude of the normalised cross-correlation inside the template brain (see
+        :func:`registration_quality`; negative for contrasts with dark white matter such as T2 and PD);
+        below it the registration is a failure.
     scale_range : tuple of float
         Accepted range of the affine's scale factors (singular values).
 
@@ -746,10 +747,11 @@ def _check_result(
     warped = replace(transform, template=Grid.of(fixed)).apply(moving)
     quality = registration_quality(warped, fixed, fixed_mask)
     quality["min_scale"], quality["max_scale"] = float(scales.min()), float(scales.max())
-    if not quality["ncc"] >= opts.min_ncc:
+    if not abs(quality["ncc"]) >= opts.min_ncc:  # negative for T2/PD: Mattes MI aligns any contrast
         raise RegistrationError(
-            f"Expected a correlation with the template >= {opts.min_ncc} inside the brain, found {quality['ncc']:.3f}; "
-            "the registration failed: check the image is a T1-weighted head/brain scan, or pass a brain mask."
+            f"Expected a correlation with the template of magnitude >= {opts.min_ncc} inside the brain, found "
+            f"{quality['ncc']:.3f}; the registration failed: check the image is an MR head/brain scan with a "
+            "correct header, or pass a brain mask."
         )
     return quality
 
@@ -791,7 +793,7 @@ def register_to_mni(
     ------
     RegistrationError
         If the result is degenerate (scale outside ``options.scale_range``) or does not
-        correlate with the template (``ncc < options.min_ncc``).
+        correlate with the template (``|ncc| < options.min_ncc``).
 
     Examples
     --------
