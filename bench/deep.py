@@ -285,14 +285,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def describe_weights(weights: str) -> dict[str, Any]:
+    """File, SHA-256 and version of the deep weights, read without PyTorch.
+
+    The parent process must not start PyTorch's thread pool before forking the children that run the methods
+    (a forked child then hangs in its first parallel operation).
+    """
+    from mriquant.models import WEIGHTS_DIR, file_sha256
+
+    folder = Path(WEIGHTS_DIR) if weights == "default" else Path(weights)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        entry = json.loads(manifest.read_text())["models"]["deep"]
+        return {k: entry.get(k) for k in ("file", "sha256", "version", "date", "training_steps")}
+    return {"file": str(folder / "best.pt"), "sha256": file_sha256(folder / "best.pt"), "version": "development"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not MICCAI.is_dir() or not BRAINWEB.is_dir():
         print(f"benchmark data not found under {DATA}; see ../shared/data/README.md", file=sys.stderr)
         return 2
-    from mriquant.segment.deep import load_network
-
-    weights = load_network(args.weights)[1] if any(m.startswith("deep") for m in args.methods) else {}
+    weights = describe_weights(args.weights) if any(m.startswith("deep") for m in args.methods) else {}
     rows = [] if args.no_miccai else miccai_rows(args)
     rows += [] if args.no_brainweb else brainweb_rows(args)
     rows += reused_rows(args)
