@@ -45,6 +45,7 @@ __all__ = [
     "box_log_prior",
     "build_network",
     "default_config",
+    "fixed_channels",
     "predict_box",
     "split_heads",
 ]
@@ -92,6 +93,14 @@ def box_log_prior(sigma_mm: float = PRIOR_SIGMA_MM, floor: float = PRIOR_FLOOR) 
     tissues = torch.zeros((N_TISSUES, *BOX.shape)).index_add_(0, tissue_of, structures)
     out = [head.mul_(1.0 - floor).add_(floor / len(head)).log_() for head in (structures, tissues)]
     return torch.cat(out).numpy()
+
+
+def fixed_channels() -> torch.Tensor:
+    """The input channels that depend only on the box position: 3 MNI coordinates and the 37 log priors.
+
+    Shape (40, X, Y, Z); training crops them like the image, inference takes them whole.
+    """
+    return torch.cat([torch.from_numpy(BOX.coordinates()), torch.from_numpy(box_log_prior())])
 
 
 class DualTaskNet(nn.Module):

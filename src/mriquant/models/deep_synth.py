@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mriquant.models.deep_data import BOX, Box, TrainingCase, tissue_lut
-from mriquant.models.deep_net import box_log_prior
+from mriquant.models.deep_net import fixed_channels
 
 __all__ = ["AugmentConfig", "DeepSampler", "box_coordinates", "normalise_box", "sample_grid"]
 
@@ -120,7 +120,7 @@ class DeepSampler:
         self.weights = self._case_weights()
         self.gen = torch.Generator().manual_seed(seed)
         self.world = box_coordinates()
-        self.fixed = torch.cat([torch.from_numpy(BOX.coordinates()), torch.from_numpy(box_log_prior())])
+        self.fixed = fixed_channels()
         self.tissue = torch.from_numpy(tissue_lut().astype(np.int64))
         self._labels = [torch.from_numpy(c.labels.astype(np.float32))[None, None] for c in self.cases]
         self._images = [None if c.image is None else torch.from_numpy(c.image.astype(np.float32))[None, None]

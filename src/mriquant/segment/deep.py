@@ -101,8 +101,7 @@ def _box_inputs(image: Image, brain: npt.NDArray[np.bool_], to_template: npt.NDA
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    from mriquant.models.deep_data import BOX
-    from mriquant.models.deep_net import box_log_prior
+    from mriquant.models.deep_net import fixed_channels
     from mriquant.models.deep_synth import box_coordinates, normalise_box, sample_grid
 
     template_to_voxel = np.linalg.inv(image.affine) @ np.linalg.inv(to_template)
@@ -112,8 +111,7 @@ def _box_inputs(image: Image, brain: npt.NDArray[np.bool_], to_template: npt.NDA
     sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     inside = sampled[1] > 0.5
     normalised = normalise_box(sampled[0], inside)
-    fixed = [torch.from_numpy(BOX.coordinates()), torch.from_numpy(box_log_prior())]
-    return torch.cat([normalised[None], *fixed], dim=0), float(inside.sum())
+    return torch.cat([normalised[None], fixed_channels()], dim=0), float(inside.sum())
 
 
 def _native_probabilities(probs: Any, image: Image, brain: npt.NDArray[np.bool_],
