@@ -117,8 +117,6 @@ def _scan(labels: LabelImage, seed: int, bias: float) -> SimulatedScan:
 
 def _truth_case(scan: SimulatedScan) -> Case:
     """A case with the simulated brain mask and (majority) tissue map, no N4: the ``truth`` mode."""
-    from mriquant.core.case import Case
-
     case = Case(scan.image)
     case.labels["brain_mask"] = scan.brain_mask
     case.labels["tissue"] = scan.tissue
