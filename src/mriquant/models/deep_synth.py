@@ -11,7 +11,10 @@ One sample (:meth:`DeepSampler.sample`), all in PyTorch on the CPU:
    drawn from the labels as SynthSeg does (Billot et al., Medical Image Analysis 2023): a random Gaussian
    intensity per label, partial-volume blur, so that the network learns shapes rather than one contrast;
 4. a smooth multiplicative bias field, a random gamma and Gaussian noise; everything outside the brain is 0
-   (the network sees skull-stripped brains, as the pipeline gives it);
+   (the network sees skull-stripped brains, as the pipeline gives it). Voxels of a real scan's brain that
+   its labels leave out (MICCAI 2012 labels no sulcal CSF) are kept out of the loss (``IGNORE``): calling
+   them background taught the network that CSF at the cortex is not brain, and the tissue head then read
+   BrainWeb's sulcal CSF as GM;
 5. the box is normalised like the inference does it (:func:`normalise_box`), then a crop is cut out (half the
    time centred near the deep grey nuclei) with the coordinate and log-prior channels of its position
    (:func:`~mriquant.models.deep_net.box_log_prior`).
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from mriquant.models.deep_data import BOX, Box, TrainingCase, tissue_lut
+from mriquant.models.deep_data import BOX, IGNORE, Box, TrainingCase, tissue_lut
 from mriquant.models.deep_net import fixed_channels
 
 __all__ = ["AugmentConfig", "DeepSampler", "box_coordinates", "normalise_box", "sample_grid"]
@@ -199,6 +202,8 @@ class DeepSampler:
         cx, cy, cz = cfg.crop
         crop = (slice(x0, x0 + cx), slice(y0, y0 + cy), slice(z0, z0 + cz))
         structures = labels[crop].long()
+        if real:  # in the scan's brain but unlabelled (sulcal CSF in MICCAI 2012): no evidence either way
+            structures = torch.where((structures == 0) & brain[crop], IGNORE, structures)
         tissues = self.tissue[structures]
         inputs = torch.cat([image[crop][None], self.fixed[(slice(None), *crop)]], dim=0)
         return inputs.float(), structures, tissues

@@ -118,7 +118,7 @@ from mriquant.segment.base import Segmentation, Segmenter, register
 from mriquant.segment.gmm import Mixture, fit_mixture, gaussian_logits
 from mriquant.segment.kmeans import kmeans_1d
 
-__all__ = ["BiasModel", "MRFOptions", "MRFSegmenter", "partial_volumes"]
+__all__ = ["BiasModel", "MRFOptions", "MRFSegmenter", "hmrf_em", "partial_volumes"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -595,17 +595,42 @@ class MRFSegmenter(Segmenter):
         if opts.priors == "mni" and (opts.prior_weight > 0 or opts.contrast == "auto"):
             priors, prior_info = mni_priors(image, region, opts.registration)
             info.update(prior_info)
-        classes, info["contrast"] = _initial_classes(region, image, opts, priors)
-        log_prior = None if priors is None or opts.prior_weight == 0 else np.float32(opts.prior_weight) * np.log(priors)
-        state = run_em(region, _initial_state(region, classes, log_prior, opts.variance), log_prior, opts)
-        corrected = region.values / state.bias
-        pve = partial_volumes(region, corrected, state.probs, state.classes)
-        extras: dict[str, npt.NDArray[Any]] = {f"pve_{name}": pve[k] for k, name in enumerate(TISSUES)}
-        if state.coef is not None:
-            model = BiasModel.build(region, opts.bias_order)
-            extras["bias_field"] = bias_image(model, state.coef, image, region)
-        info.update(_em_info(state, corrected))
-        return assemble(image, region, np.ascontiguousarray(state.probs.T), info, extras)
+        return hmrf_em(image, region, priors, opts, info)
+
+
+def hmrf_em(image: Image, region: Region, priors: F32 | None, opts: MRFOptions, info: dict[str, Any]) -> Segmentation:
+    """HMRF-EM of ``region`` with the given spatial priors; the tissue segmentation on ``image``'s grid.
+
+    Parameters
+    ----------
+    image : Image
+        The scan (supplies the grid and the bias-field image).
+    region : Region
+        The in-mask voxels.
+    priors : numpy.ndarray of float32, shape (3, N), or None
+        Tissue priors (CSF, GM, WM) at the region's voxels, floored and summing to 1 (MNI152 ones, or another
+        model's posteriors, as ``deep`` passes them); None for none.
+    opts : MRFOptions
+        ``opts.priors`` is not read: ``priors`` is used as given.
+    info : dict
+        Facts gathered so far; the EM's are added.
+
+    Returns
+    -------
+    Segmentation
+        Tissue map, posteriors, ``pve_*`` and ``bias_field``.
+    """
+    classes, info["contrast"] = _initial_classes(region, image, opts, priors)
+    log_prior = None if priors is None or opts.prior_weight == 0 else np.float32(opts.prior_weight) * np.log(priors)
+    state = run_em(region, _initial_state(region, classes, log_prior, opts.variance), log_prior, opts)
+    corrected = region.values / state.bias
+    pve = partial_volumes(region, corrected, state.probs, state.classes)
+    extras: dict[str, npt.NDArray[Any]] = {f"pve_{name}": pve[k] for k, name in enumerate(TISSUES)}
+    if state.coef is not None:
+        model = BiasModel.build(region, opts.bias_order)
+        extras["bias_field"] = bias_image(model, state.coef, image, region)
+    info.update(_em_info(state, corrected))
+    return assemble(image, region, np.ascontiguousarray(state.probs.T), info, extras)
 
 
 def _em_info(state: EMState, corrected: F32) -> dict[str, Any]:
