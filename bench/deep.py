@@ -15,7 +15,9 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
 Methods, each on the same image and mask:
 
 - ``deep``: the bundled weights (or ``--weights DIR``), affine registration to MNI152 included, flip
-  test-time augmentation; ``deep-noflip`` without it (half the network time);
+  test-time augmentation, the network's posteriors refined by the intensity EM (the default
+  ``refine="em"``); ``deep-noflip`` without the flip (half the network time); ``deep-raw``: the network
+  alone (``refine="none"``, flip on);
 - ``atlas``: the shipped atlas (SynthSeg-20 priors, affine + SyN registration included) x intensity EM;
   ``atlas-miccai`` with ``--library FILE``: the MICCAI library with the test subject left out (its other
   14 subjects vote; the deep network saw 9 of them, so this peer has more expert data);
@@ -79,7 +81,8 @@ def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: ar
     name = method.split("-")[0]
     cls = get_segmenter(name)
     if name == "deep":
-        options = cls.options_type(weights=args.weights, flip=method != "deep-noflip")
+        options = cls.options_type(weights=args.weights, flip=method != "deep-noflip",
+                                   refine="none" if method == "deep-raw" else "em")
     elif method == "atlas-miccai":
         options = cls.options_type(atlas=str(args.library), exclude=subject)
     elif name == "mrf" and contrast is not None:
@@ -180,7 +183,7 @@ def brainweb_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for contrast in args.contrasts:
             scan = simulate(labels, contrast=contrast, noise=0.03, bias=0.2, seed=1)
             truth = np.asarray(scan.tissue.array)
-            for method in [m for m in ("deep", "mrf") if m in args.methods]:
+            for method in [m for m in ("deep", "deep-raw", "mrf") if m in args.methods]:
                 out = run(method, scan.image, scan.brain_mask, anatomy, args, contrast)
                 row: dict[str, Any] = {"data": "brainweb", "case": f"{anatomy} {contrast}", "method": method,
                                        "contrast": contrast}  # fmt: skip
@@ -275,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default="default", help="deep weights: 'default', an export or a run folder")
     p.add_argument("--library", type=Path, help="MICCAI atlas library (.npz) for the atlas-miccai peer")
     p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
-    p.add_argument("--methods", nargs="+", default=["deep", "deep-noflip", "atlas", "atlas-miccai", "mrf"])
+    p.add_argument("--methods", nargs="+", default=["deep", "deep-raw", "deep-noflip", "atlas", "atlas-miccai", "mrf"])
     p.add_argument("--anatomies", nargs="+", default=["subject04", "subject05"])
     p.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"])
     p.add_argument("--no-miccai", action="store_true")
