@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,8 @@ from mriquant.segment._tissue import check_choice
 from mriquant.segment.base import Segmentation, Segmenter, register
 
 __all__ = ["DeepOptions", "DeepSegmenter", "load_network"]
+
+RefineChoice = Literal["em", "none"]
 
 #: Native voxels interpolated per chunk when reading the probabilities back (bounds the memory).
 CHUNK = 400_000
@@ -72,7 +74,7 @@ class DeepOptions:
     )
     flip: bool = field(default=True, metadata={"help": "Average with the left-right mirrored input (2x time)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for the network (0: PyTorch's default)"})
-    refine: str = field(
+    refine: RefineChoice = field(
         default="em",
         metadata={"help": "em: fit the scan's intensities with the network's posteriors as priors; none: arg-max"},
     )
