@@ -131,7 +131,7 @@ def _measure(baseline: SimulatedScan, followup: SimulatedScan, mode: str) -> dic
     if mode == "truth":
         base, follow = _truth_case(baseline), _truth_case(followup)
     else:
-        base = run_pipeline(Case(baseline.image), RunConfig(structure_method=None, skullstripped=True))
+        base = run_pipeline(Case(baseline.image), RunConfig.classical(skullstripped=True, structures=False))
         follow = prepare_for_segmentation(Case(followup.image), skullstripped=True, needs_registration=False)
     result = measure_change(base, follow)
     return {"pbvc": result.pbvc_percent, "method": result.pbvc_method, "registration": result.registration}

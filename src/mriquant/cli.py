@@ -119,9 +119,10 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        help="replace the default tissue (mrf) or structure (atlas) method by this one (see `mriquant info`)",
+        help="instead of the default (deep: tissues and structures in one pass): a tissue method (paired with "
+        "atlas structures), a structure method (paired with mrf tissues) or another dual one (see `mriquant info`)",
     )
-    p.add_argument("--no-structures", action="store_true", help="tissues only (no dseg.nii.gz, faster)")
+    p.add_argument("--no-structures", action="store_true", help="tissues only (no dseg.nii.gz)")
     p.add_argument("--save-maps", action="store_true", help="also write tissue probability and partial-volume maps")
     p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
     p.set_defaults(handler=_cmd_run)
@@ -271,7 +272,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = options_from_args(args, get_segmenter(args.method).options_type) if args.method else None
     config = RunConfig.for_method(args.method, options, skullstripped=args.skullstripped)
     if args.no_structures:
-        config = dataclasses.replace(config, structure_method=None)
+        config = config.without_structures()
     started, t0 = _now(), time.perf_counter()
     with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
         case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
@@ -358,9 +359,8 @@ def _cmd_longitudinal(args: argparse.Namespace) -> int:
     if args.interval_years is not None and not args.interval_years > 0:
         raise InputError(f"Expected --interval-years > 0, found {args.interval_years}; give the time between "
                             "the scans in years.")  # fmt: skip
-    config = RunConfig(skullstripped=args.skullstripped)
-    if args.no_structures:
-        config = dataclasses.replace(config, structure_method=None)
+    # the classical pair: the per-structure changes need its SyN registration (a network needs only an affine)
+    config = RunConfig.classical(skullstripped=args.skullstripped, structures=not args.no_structures)
     inputs = [args.baseline, args.followup]
     started, t0 = _now(), time.perf_counter()
     with output_folder(args.output, force=args.force, inputs=inputs) as staging, _progress(args.quiet) as bar:
