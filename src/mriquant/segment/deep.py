@@ -12,7 +12,9 @@ model fitted to this scan, as atlas-based methods use a registered atlas (Van Le
 Puonti et al. 2016), but with a subject-specific prior:
 
 - tissues: the HMRF-EM of ``mrf`` (:func:`~mriquant.segment.mrf.hmrf_em`: Gaussian classes, Potts prior, bias
-  field, partial volumes) with the tissue head's CSF/GM/WM probabilities, floored at
+  field, partial volumes) with the tissue head's CSF/GM/WM probabilities mixed with the atlas's tissue
+  prior (``atlas_tissue_share``, half by default: the network learnt tissues from MICCAI 2012 labels, which
+  leave sulcal CSF out, and alone let the EM merge a bright T2 sulcal CSF into GM), floored at
   :data:`TISSUE_PRIOR_FLOOR`, to the power ``tissue_prior_weight``;
 - structures: one Gaussian per structure, EM over each voxel's :data:`TOP_CLASSES` likeliest structures
   (:func:`~mriquant.segment.atlas.em_labels`), the structure head's probabilities to the power
