@@ -62,6 +62,9 @@ TOP_CLASSES = 3
 #: EM iterations of the structure refinement (chosen on the validation subject; 4-16 differ by < 0.002 Dice).
 STRUCTURE_ITERATIONS = 4
 
+#: Total probability below which a voxel has no evidence (it lies beyond the network's box).
+EMPTY = 1e-6
+
 #: Uniform floor added to the tissue head's probabilities before they become HMRF-EM priors.
 TISSUE_PRIOR_FLOOR = 0.05
 
@@ -253,9 +256,8 @@ class DeepSegmenter(Segmenter):
                 weights: dict[str, Any], timing: dict[str, float]) -> Segmentation:  # fmt: skip
         opts: DeepOptions = self.options
         t0 = time.perf_counter()
-        total = tissues.sum(axis=0)
-        outside = total < 1e-6  # brain voxels beyond the box: no evidence, equal shares
-        tissues = np.where(outside, np.float32(1.0 / 3.0), tissues / np.maximum(total, 1e-6)).astype(np.float32)
+        outside = tissues.sum(axis=0) < EMPTY  # brain voxels beyond the box: no evidence, equal shares
+        tissues = _renormalise(tissues)
         structures[0, outside] = 1.0  # ... and background for the structures
         info: dict[str, Any] = {"weights": weights, "flip": opts.flip, "refine": opts.refine,
                                 "voxels_outside_box": int(outside.sum())}  # fmt: skip
@@ -291,9 +293,13 @@ def _mix(tissues: npt.NDArray[np.float32], atlas: npt.NDArray[np.float32], share
     """
     if share == 0.0:
         return tissues
-    total = atlas.sum(axis=0)
-    atlas = np.where(total > 1e-6, atlas / np.maximum(total, 1e-6), np.float32(1.0 / 3.0))
-    return ((1.0 - share) * tissues + share * atlas).astype(np.float32)
+    return ((1.0 - share) * tissues + share * _renormalise(atlas)).astype(np.float32)
+
+
+def _renormalise(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Columns of ``probs`` (C, N) scaled to sum to 1; columns without mass (beyond the box) become uniform."""
+    total = probs.sum(axis=0)
+    return np.where(total < EMPTY, np.float32(1.0 / len(probs)), probs / np.maximum(total, EMPTY)).astype(np.float32)
 
 
 def _tissue_segmentation(image: Image, brain: npt.NDArray[np.bool_], tissues: npt.NDArray[np.float32]) -> Segmentation:
@@ -346,10 +352,10 @@ def refine_structures(x: npt.NDArray[np.float32], structures: npt.NDArray[np.flo
 
 def refine_tissues(image: Image, brain: npt.NDArray[np.bool_], tissues: npt.NDArray[np.float32],
                    prior_weight: float) -> Segmentation:  # fmt: skip
-    """HMRF-EM tissues (``mrf``'s model: bias field, Potts prior, partial volumes) with the tissue head as priors.
+    """HMRF-EM tissues (``mrf``'s model: bias field, Potts prior, partial volumes) with the given tissue priors.
 
-    ``tissues`` (3, N) are the network's CSF/GM/WM probabilities at the ``brain`` voxels (C order), floored
-    at :data:`TISSUE_PRIOR_FLOOR`.
+    ``tissues`` (3, N) are CSF/GM/WM probabilities at the ``brain`` voxels (C order): the tissue head's, mixed
+    with the atlas's by the segmenter; they are floored at :data:`TISSUE_PRIOR_FLOOR` here.
     """
     from mriquant.segment._tissue import Region
     from mriquant.segment.mrf import MRFOptions, hmrf_em
