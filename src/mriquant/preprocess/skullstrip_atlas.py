@@ -17,7 +17,7 @@ dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the du
 4. the atlas brain mask is warped onto the native grid.
 
 The mean of the warped masks is the brain probability. No network is involved, so it works on real
-scans whatever the training of the CNN, at the cost of ~10-20 s of registration per atlas.
+scans whatever the training of the CNN, at the cost of 7-9 s of registration per atlas (1 mm head, 2 cores).
 
 Build the library (documented command, reads ``../shared/data/brainweb-crisp``)::
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,6 +51,14 @@ HEADS_FILE = "brainweb_heads_2mm.npz"
 HEAD_SUBJECTS = (18, 20, 38)
 #: Class indices (BrainWeb crisp) used to tell a T1-like contrast.
 CSF, GM, WM = 1, 2, 3
+#: ANTs affine iterations at its 4 default levels (12, 8, 4, 2 mm on the 2 mm grid). The defaults
+#: (2100, 1200, 1200, 10) cost 0.8 s more for the same masks on the validation anatomies 41 and 44.
+AFFINE_ITERATIONS = (500, 250, 50, 0)
+#: SyN iterations at 8, 4 and 2 mm and the Mattes histogram bins (T1-like scans).
+MATTES_ITERATIONS, MATTES_BINS = (40, 30, 0), 32
+#: SyN iterations and the cross-correlation radius (voxels) for re-rendered atlases. Radius 1 is 2.5x
+#: cheaper per iteration than 2 and as accurate (validation T2/PD: Dice 0.9754 at 8.0 s vs 0.9739 at 18 s).
+CC_ITERATIONS, CC_RADIUS = (20, 15, 0), 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,21 +134,24 @@ def _class_intensities(fixed: Any, classes: Any, n_classes: int) -> npt.NDArray[
     return out
 
 
-def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int) -> list[str]:
-    """Coarse SyN (2 levels) from the affine; the forward transform list (warp, affine)."""
+def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int, prefix: str) -> list[str]:
+    """Coarse SyN (8 and 4 mm levels) from the affine; the forward transform list (warp, affine)."""
     import ants
 
     from mriquant.preprocess.register import _ants_seed
 
+    iterations, sampling = (CC_ITERATIONS, CC_RADIUS) if metric == "CC" else (MATTES_ITERATIONS, MATTES_BINS)
     with _ants_seed(seed):
         result = ants.registration(fixed, moving, type_of_transform="SyNOnly", initial_transform=affine,
-                                   syn_metric=metric, syn_sampling=2 if metric == "CC" else 32,
-                                   reg_iterations=(40, 20, 0))  # fmt: skip
+                                   syn_metric=metric, syn_sampling=sampling, reg_iterations=iterations,
+                                   outprefix=prefix + "syn_", verbose=False)  # fmt: skip
     return list(result["fwdtransforms"])
 
 
-def _register_atlas(fixed: Any, heads: HeadAtlases, i: int, deformable: bool, seed: int) -> tuple[list[str], str]:
-    """Register atlas ``i`` to the scan; the forward transforms and the contrast path taken."""
+def _register_atlas(
+    fixed: Any, heads: HeadAtlases, i: int, deformable: bool, seed: int, prefix: str
+) -> tuple[list[str], str]:
+    """Register atlas ``i`` to the scan; the forward transforms (files under ``prefix``) and the path taken."""
     import ants
 
     from mriquant.preprocess.bias import to_ants
@@ -148,7 +160,9 @@ def _register_atlas(fixed: Any, heads: HeadAtlases, i: int, deformable: bool, se
     head, _ = heads.atlas(i)
     moving = to_ants(head)
     with _ants_seed(seed):
-        linear = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes")
+        linear = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes",
+                                   aff_iterations=AFFINE_ITERATIONS, outprefix=prefix + "affine_",
+                                   verbose=False)  # fmt: skip
     affine = list(linear["fwdtransforms"])
     if not deformable:
         return affine, "affine"
@@ -158,9 +172,10 @@ def _register_atlas(fixed: Any, heads: HeadAtlases, i: int, deformable: bool, se
     fractions = heads.class_fractions(i)
     lut = _class_intensities(fixed, carried, fractions.shape[0])
     if lut[WM] > lut[GM] > lut[CSF]:
-        return _refine(fixed, moving, affine[0], "mattes", seed), "T1-like: simulated T1 head, SyN (Mattes)"
+        return _refine(fixed, moving, affine[0], "mattes", seed, prefix), "T1-like: simulated T1 head, SyN (Mattes)"
     rendered = Image(np.tensordot(lut, fractions, axes=1).astype(np.float32), head.affine.copy())
-    return _refine(fixed, to_ants(rendered), affine[0], "CC", seed), "re-rendered in the scan's contrast, SyN (CC)"
+    path = "re-rendered in the scan's contrast, SyN (CC)"
+    return _refine(fixed, to_ants(rendered), affine[0], "CC", seed, prefix), path
 
 
 def atlas_brain_probability(
@@ -199,14 +214,15 @@ def atlas_brain_probability(
     target = to_ants(image)
     total = np.zeros(image.shape, np.float32)
     paths = []
-    for i in range(n):  # a loop over atlases; each registration is vectorised in ANTs
-        _, brain = heads.atlas(i)
-        transforms, path = _register_atlas(fixed, heads, i, deformable, seed)
-        paths.append(path)
-        warped = ants.apply_transforms(target, to_ants(brain), transforms, interpolator="linear", defaultvalue=0.0)
-        total += from_ants(warped, image).array
-        for path in transforms:
-            Path(path).unlink(missing_ok=True)
+    # ANTs writes every transform (and the inverse warps) to files: keep them in a folder removed on exit.
+    with tempfile.TemporaryDirectory(prefix="mriquant-strip-") as folder:
+        for i in range(n):  # a loop over atlases; each registration is vectorised in ANTs
+            _, brain = heads.atlas(i)
+            transforms, path = _register_atlas(fixed, heads, i, deformable, seed, str(Path(folder) / f"atlas{i}_"))
+            paths.append(path)
+            warped = ants.apply_transforms(target, to_ants(brain), transforms, interpolator="linear",
+                                           defaultvalue=0.0)  # fmt: skip
+            total += from_ants(warped, image).array
     probability = image.with_array(np.clip(total / n, 0.0, 1.0).astype(np.float32), source="brain probability")
     info = {"method": "atlas", "atlases": list(heads.names[:n]), "deformable": deformable, "paths": paths,
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
