@@ -54,7 +54,8 @@ CSF, GM, WM = 1, 2, 3
 #: ANTs affine iterations at its 4 default levels (12, 8, 4, 2 mm on the 2 mm grid). The defaults
 #: (2100, 1200, 1200, 10) cost 0.8 s more for the same masks on the validation anatomies 41 and 44.
 AFFINE_ITERATIONS = (500, 250, 50, 0)
-#: SyN iterations at 8, 4 and 2 mm and the Mattes histogram bins (T1-like scans).
+#: SyN iterations at 8, 4 and 2 mm and the Mattes histogram bins (T1-like scans); 30 rather than 20 at 4 mm
+#: raised the validation T1 at 9 % noise from 0.964 / 0.971 to 0.967 / 0.973 for 0.2 s.
 MATTES_ITERATIONS, MATTES_BINS = (40, 30, 0), 32
 #: SyN iterations and the cross-correlation radius (voxels) for re-rendered atlases. Radius 1 is 2.5x
 #: cheaper per iteration than 2 and as accurate (validation T2/PD: Dice 0.9754 at 8.0 s vs 0.9739 at 18 s).
