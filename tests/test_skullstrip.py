@@ -87,6 +87,21 @@ def test_atlas_method_leaves_no_temporary_files(contrast: str, tmp_path: Path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # ANTs' transforms and inverse warps are removed
 
 
+def test_head_box_crops_the_fixed_image_to_the_carried_head() -> None:
+    import ants
+
+    from mriquant.preprocess.skullstrip_atlas import _head_box
+
+    fixed = ants.from_numpy(np.zeros((60, 50, 40), np.float32), spacing=(2.0, 2.0, 2.0))
+    head = np.zeros((60, 50, 40), np.float32)
+    head[20:30, 10:40, 5:35] = 3.0  # an atlas class carried onto the scan
+    box = _head_box(fixed, fixed.new_image_like(head), margin_mm=8.0)  # 4 voxels each side
+    assert box.shape == (18, 38, 38)
+    np.testing.assert_allclose(box.origin, (32.0, 12.0, 2.0))  # the crop keeps world positions
+    assert _head_box(fixed, fixed.new_image_like(np.ones_like(head)), margin_mm=8.0) is fixed
+    assert _head_box(fixed, fixed.new_image_like(np.zeros_like(head))) is fixed  # nothing carried: no crop
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(InputError, match="method"):
         SkullStripOptions(method="bet")  # type: ignore[arg-type]

@@ -60,6 +60,8 @@ MATTES_ITERATIONS, MATTES_BINS = (40, 30, 0), 32
 #: SyN iterations and the cross-correlation radius (voxels) for re-rendered atlases. Radius 1 is 2.5x
 #: cheaper per iteration than 2 and as accurate (validation T2/PD: Dice 0.9754 at 8.0 s vs 0.9739 at 18 s).
 CC_ITERATIONS, CC_RADIUS = (20, 15, 0), 1
+#: Margin (mm) kept around the affinely carried atlas head when the SyN's fixed image is cropped.
+HEAD_MARGIN_MM = 16.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +151,21 @@ def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int, prefix
     return list(result["fwdtransforms"])
 
 
+def _head_box(fixed: Any, carried: Any, margin_mm: float = HEAD_MARGIN_MM) -> Any:
+    """``fixed`` cropped to the affinely carried atlas head plus ``margin_mm`` (the SyN needs no neck or air)."""
+    import ants
+
+    head = np.argwhere(carried.numpy() > 0)
+    if head.size == 0:
+        return fixed
+    margin = np.ceil(margin_mm / np.asarray(fixed.spacing, dtype=np.float64)).astype(int)
+    lower = np.maximum(head.min(axis=0) - margin, 0)
+    upper = np.minimum(head.max(axis=0) + margin + 1, np.asarray(fixed.shape))
+    if np.all(lower == 0) and np.all(upper == np.asarray(fixed.shape)):
+        return fixed
+    return ants.crop_indices(fixed, lower.tolist(), upper.tolist())
+
+
 def _register_atlas(
     fixed: Any, heads: HeadAtlases, i: int, deformable: bool, seed: int, prefix: str
 ) -> tuple[list[str], str]:
@@ -172,6 +189,7 @@ def _register_atlas(
                                     interpolator="nearestNeighbor")  # fmt: skip
     fractions = heads.class_fractions(i)
     lut = _class_intensities(fixed, carried, fractions.shape[0])
+    fixed = _head_box(fixed, carried)
     if lut[WM] > lut[GM] > lut[CSF]:
         return _refine(fixed, moving, affine[0], "mattes", seed, prefix), "T1-like: simulated T1 head, SyN (Mattes)"
     rendered = Image(np.tensordot(lut, fractions, axes=1).astype(np.float32), head.affine.copy())
