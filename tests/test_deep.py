@@ -317,6 +317,20 @@ def test_bundled_network_segments_a_simulated_head(refine: str, floors: tuple[fl
         np.testing.assert_allclose(total[mask.array > 0], 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_tissues_only_gives_the_same_tissues_without_structures() -> None:
+    from mriquant.evaluate import dice
+    from mriquant.segment.deep import DeepOptions, DeepSegmenter
+
+    image, mask, _ = _simulated_head(1)
+    both = DeepSegmenter().segment(image, mask)
+    tissues = DeepSegmenter(DeepOptions(structures=False)).segment(image, mask)
+    assert both.dseg is not None and tissues.dseg is None and "confidence" not in tissues.info
+    assert both.tissue is not None and tissues.tissue is not None
+    for label in (1, 2, 3):  # same tissue path; ANTs' two-thread affine alone moves ~0.2 % of the voxels between runs
+        assert dice(tissues.tissue.array == label, both.tissue.array == label) > 0.99
+
+
 def test_structure_refinement_lets_intensities_decide_where_the_network_hesitates() -> None:
     """Two structures the network cannot tell apart (50/50) but whose intensities differ: the EM separates them."""
     from mriquant.segment.deep import refine_structures

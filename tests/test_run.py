@@ -81,6 +81,8 @@ def test_run_method_pairs_a_classical_method_with_the_other_kind() -> None:
     assert (atlas.tissue_method, atlas.structure_method) == ("mrf", "atlas")
     tissues_only = RunConfig().without_structures()
     assert (tissues_only.tissue_method, tissues_only.structure_method, tissues_only.structures) == ("deep", None, False)
+    assert tissues_only.tissue_options.structures is False  # deep is told to skip its structures
+    assert RunConfig.for_method("kmeans").without_structures().tissue_options is None  # nothing to tell kmeans
     classical = RunConfig.classical(structures=False)
     assert (classical.tissue_method, classical.structure_method) == ("mrf", None)
 
@@ -130,3 +132,6 @@ def test_default_run_without_structures_on_a_simulated_head(tmp_path: Path) -> N
     assert volumes["structures"] == [] and volumes["tissues"]["gm_ml"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parameters"]["structures"] is False
+    assert manifest["parameters"]["tissue_options"]["structures"] is False
+    deep = next(step for step in manifest["steps"] if step["name"] == "segment:deep")
+    assert "confidence" not in deep["params"]["info"]  # the structures were not computed at all

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 #: Flags the subcommands already own; a method field with one of these names is prefixed.
-RESERVED = frozenset({"input", "output", "force", "method", "skullstripped", "volume", "series", "help", "quiet"})
+RESERVED = frozenset({"input", "output", "force", "method", "skullstripped", "volume", "series", "help", "quiet",
+                      "structures"})  # fmt: skip
 
 
 def method_from_argv(argv: Sequence[str], default: str | None) -> str | None:

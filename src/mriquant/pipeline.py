@@ -12,7 +12,7 @@ and normalisation runs last so it is computed inside the final brain mask.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -233,8 +233,15 @@ class RunConfig:
                    skullstripped=skullstripped, structures=structures)  # fmt: skip
 
     def without_structures(self) -> RunConfig:
-        """The same tissues, no ``dseg.nii.gz``."""
-        return replace(self, structure_method=None, structures=False)
+        """The same tissues, no ``dseg.nii.gz``; a dual method is told not to compute its structures."""
+        from mriquant.segment import get_segmenter
+
+        options = self.tissue_options
+        if self.tissue_method is not None:
+            options_type = get_segmenter(self.tissue_method).options_type
+            if is_dataclass(options_type) and "structures" in {f.name for f in fields(options_type)}:
+                options = replace(options if options is not None else options_type(), structures=False)
+        return replace(self, structure_method=None, tissue_options=options, structures=False)
 
     @classmethod
     def for_method(cls, method: str | None, options: Any = None, *, skullstripped: bool = False) -> RunConfig:

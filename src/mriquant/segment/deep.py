@@ -96,6 +96,11 @@ class DeepOptions:
         default=0.5,
         metadata={"help": "Share of the atlas tissue prior mixed into the network's before the tissue EM (0-1)"},
     )
+    structures: bool = field(
+        default=True,
+        metadata={"help": "Also label the 32 structures (off: tissues only, without the structure EM; "
+                          "`run --no-structures` turns it off)"},
+    )
 
     def __post_init__(self) -> None:
         check_choice("refine", self.refine, ("em", "none"))
@@ -262,26 +267,35 @@ class DeepSegmenter(Segmenter):
         info: dict[str, Any] = {"weights": weights, "flip": opts.flip, "refine": opts.refine,
                                 "voxels_outside_box": int(outside.sum())}  # fmt: skip
         if opts.refine == "em":
-            x = np.asarray(image.array[brain], dtype=np.float32)
-            winner, confidence = refine_structures(x, structures, opts.prior_weight, image, brain, opts.smooth_mm)
             priors = _mix(tissues, atlas_tissues, opts.atlas_tissue_share)
             segmentation = refine_tissues(image, brain, priors, opts.tissue_prior_weight)
             info["tissue_em"] = {k: segmentation.info[k] for k in ("contrast", "class_means", "class_sd",
                                                                     "bias_range", "iterations")}  # fmt: skip
         else:
-            winner, confidence = structures.argmax(axis=0), structures.max(axis=0)
             segmentation = _tissue_segmentation(image, brain, tissues)
-        dseg = np.zeros(image.shape, np.int32)
-        dseg[brain] = ids[winner]
-        info.update(timing, refine_seconds=round(time.perf_counter() - t0, 2),
-                    confidence={int(ids[c]): round(float(confidence[winner == c].mean()), 4)
-                                for c in np.unique(winner) if c != 0})  # fmt: skip
         meta = {"source": "deep", "segmentation": "deep"}
+        dseg = self._structures(image, brain, structures, ids, info) if opts.structures else None
+        info.update(timing, refine_seconds=round(time.perf_counter() - t0, 2))
         assert segmentation.tissue is not None
         return Segmentation(tissue=LabelImage(segmentation.tissue.array, image.affine.copy(), meta),
-                            dseg=LabelImage(dseg, image.affine.copy(), meta),
+                            dseg=LabelImage(dseg, image.affine.copy(), meta) if dseg is not None else None,
                             probabilities=segmentation.probabilities, extras=segmentation.extras,
                             info=info)  # fmt: skip
+
+    def _structures(self, image: Image, brain: npt.NDArray[np.bool_], structures: npt.NDArray[np.float32],
+                    ids: npt.NDArray[np.int64], info: dict[str, Any]) -> npt.NDArray[np.int32]:  # fmt: skip
+        """The structure label map (FreeSurfer ids), EM-refined unless ``refine="none"``; confidences into ``info``."""
+        opts: DeepOptions = self.options
+        if opts.refine == "em":
+            x = np.asarray(image.array[brain], dtype=np.float32)
+            winner, confidence = refine_structures(x, structures, opts.prior_weight, image, brain, opts.smooth_mm)
+        else:
+            winner, confidence = structures.argmax(axis=0), structures.max(axis=0)
+        dseg = np.zeros(image.shape, np.int32)
+        dseg[brain] = ids[winner]
+        info["confidence"] = {int(ids[c]): round(float(confidence[winner == c].mean()), 4)
+                              for c in np.unique(winner) if c != 0}  # fmt: skip
+        return dseg
 
 
 def _mix(tissues: npt.NDArray[np.float32], atlas: npt.NDArray[np.float32], share: float) -> npt.NDArray[np.float32]:
