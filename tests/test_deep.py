@@ -331,6 +331,24 @@ def test_tissues_only_gives_the_same_tissues_without_structures() -> None:
         assert dice(tissues.tissue.array == label, both.tissue.array == label) > 0.99
 
 
+def test_weights_trained_with_another_prior_are_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from mriquant.core.errors import InputError
+    from mriquant.models import WEIGHTS_DIR
+    from mriquant.segment.deep import load_network
+
+    for item in WEIGHTS_DIR.iterdir():
+        if item.is_file():
+            shutil.copy(item, tmp_path / item.name)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    load_network(str(tmp_path))  # an unchanged copy loads
+    manifest["models"]["deep"]["prior"]["sigma_mm"] = 4.0
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="sigma_mm"):
+        load_network(str(tmp_path))
+
+
 def test_structure_refinement_lets_intensities_decide_where_the_network_hesitates() -> None:
     """Two structures the network cannot tell apart (50/50) but whose intensities differ: the EM separates them."""
     from mriquant.segment.deep import refine_structures

@@ -142,11 +142,25 @@ def load_network(weights: str = "default") -> tuple[Any, dict[str, Any]]:
             state, config_dict, entry = load_weights("deep", folder=folder)
         except WeightsError as exc:
             raise InputError(str(exc)) from exc
+        _check_prior(entry)
         config = UNetConfig.from_dict(config_dict)
     net = build_network(config)
     net.load_state_dict(state)
     net.eval()
     return net, {k: entry.get(k) for k in ("file", "sha256", "version", "date", "licence")}
+
+
+def _check_prior(entry: dict[str, Any]) -> None:
+    """Refuse weights trained with another atlas prior channel than the one this code feeds the network."""
+    from mriquant.models.deep_net import PRIOR_FLOOR, PRIOR_SIGMA_MM
+
+    expected = {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FLOOR}
+    found = entry.get("prior")
+    if found is not None and found != expected:
+        raise InputError(
+            f"Expected deep weights trained with the prior {expected}, found {found} in their manifest; "
+            "use weights exported by this version of mriquant (`mriquant train --export`)."
+        )
 
 
 def _brain(image: Image, mask: LabelImage | None) -> npt.NDArray[np.bool_]:
