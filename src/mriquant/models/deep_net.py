@@ -58,6 +58,8 @@ IMAGE_CHANNELS = 4
 PRIOR_SIGMA_MM = 2.5
 #: Share of a uniform distribution mixed into the prior, so that no class is ever ruled out.
 PRIOR_FLOOR = 0.05
+#: The atlas prior channel as a weights manifest records it (``prior``); weights trained with another are refused.
+PRIOR_ENTRY = {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FLOOR}
 
 
 @lru_cache(maxsize=1)

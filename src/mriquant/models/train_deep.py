@@ -40,8 +40,7 @@ import torch.nn.functional as F  # noqa: N812
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.models.deep_data import IGNORE, STRUCTURES, TrainingCase, load_case, prepare_case
 from mriquant.models.deep_net import (
-    PRIOR_FLOOR,
-    PRIOR_SIGMA_MM,
+    PRIOR_ENTRY,
     DualTaskNet,
     build_network,
     default_config,
@@ -343,7 +342,7 @@ def export(run: Path, folder: Path, name: str = "deep", version: str = "1", lice
         "training_data": run_config["training_cases"], "validation_data": run_config["validation_cases"],
         "held_out": run_config["holdout"], "licence": licence or run_config.get("licence", ""),
         "initialised_from": run_config.get("init"),
-        "prior": {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FLOOR},
+        "prior": dict(PRIOR_ENTRY),
     }  # fmt: skip
     tmp = manifest_path.with_name("manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

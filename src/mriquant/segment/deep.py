@@ -152,13 +152,12 @@ def load_network(weights: str = "default") -> tuple[Any, dict[str, Any]]:
 
 def _check_prior(entry: dict[str, Any]) -> None:
     """Refuse weights trained with another atlas prior channel than the one this code feeds the network."""
-    from mriquant.models.deep_net import PRIOR_FLOOR, PRIOR_SIGMA_MM
+    from mriquant.models.deep_net import PRIOR_ENTRY
 
-    expected = {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FLOOR}
     found = entry.get("prior")
-    if found is not None and found != expected:
+    if found is not None and found != PRIOR_ENTRY:
         raise InputError(
-            f"Expected deep weights trained with the prior {expected}, found {found} in their manifest; "
+            f"Expected deep weights trained with the prior {PRIOR_ENTRY}, found {found} in their manifest; "
             "use weights exported by this version of mriquant (`mriquant train --export`)."
         )
 
