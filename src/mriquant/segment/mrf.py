@@ -124,7 +124,7 @@ from mriquant.segment._tissue import (
     resolve_contrast,
 )
 from mriquant.segment.base import Segmentation, Segmenter, register
-from mriquant.segment.gmm import Mixture, fit_mixture, gaussian_logits
+from mriquant.segment.gmm import Mixture, VarianceChoice, fit_mixture, gaussian_logits
 from mriquant.segment.kmeans import kmeans_1d
 
 __all__ = ["BiasModel", "MRFOptions", "MRFSegmenter", "gm_wm_cnr", "hmrf_em", "partial_volumes"]
@@ -133,7 +133,6 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 PriorChoice = Literal["mni", "none"]
 RegistrationChoice = Literal["masks", "ants"]
-VarianceChoice = Literal["auto", "class", "tied"]
 
 #: Smallest prior probability of any tissue (before renormalising), so atlas errors stay recoverable.
 PRIOR_FLOOR = 0.02
