@@ -1,6 +1,11 @@
 """Skull stripping: a brain mask (GM + WM + CSF inside the dura) for any MR contrast, in the native grid.
 
-Method (the idea of SynthStrip, Hoopes et al. 2022; our own code and weights): a compact 3D U-Net
+Default method ``atlas``: a simulated head with a known brain is registered to the scan
+(:mod:`mriquant.preprocess.skullstrip_atlas`), its brain is carried onto the native grid and thresholded, and
+the voxels within ~4 mm of that outline are re-decided from the scan's own intensities
+(:mod:`mriquant.preprocess.brain_boundary`).
+
+Method ``cnn`` (the idea of SynthStrip, Hoopes et al. 2022; our own code and weights): a compact 3D U-Net
 (:mod:`mriquant.models.unet`) trained only on synthetic heads with random contrast, shape, bias, noise,
 resolution and field of view (:mod:`mriquant.models.synth`) predicts the brain probability on a 2 mm
 RAS grid covering the scan. The probability is interpolated (trilinear) back to the native grid, so the
@@ -38,6 +43,7 @@ from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.geometry import isotropic_grid, resample_to
 from mriquant.core.image import Image, LabelImage
+from mriquant.preprocess.brain_boundary import refine_boundary
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,10 @@ class SkullStripOptions:
         Largest working grid (voxels at 2 mm); bigger fields of view are cropped around the head's top.
     threads : int or None
         Torch intra-op threads during inference (None: leave torch's setting alone).
+    refine : bool
+        ``atlas`` only: re-decide the voxels within ~4 mm of the registered outline from the scan's own
+        intensities (:mod:`mriquant.preprocess.brain_boundary`); the probability returned is then that
+        step's posterior.
 
     """
 
@@ -95,6 +105,7 @@ class SkullStripOptions:
     max_slice_mm: float = 8.0
     max_grid: tuple[int, int, int] = (128, 144, 136)
     threads: int | None = None
+    refine: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("atlas", "cnn") or self.atlases < 1:
@@ -485,6 +496,9 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         probability, _, cropped = predict_probability(net, image, limit=opts.max_grid, threads=opts.threads)
         threshold = opts.threshold if opts.threshold is not None else float(entry.get("threshold", 0.5))
     mask = postprocess(probability.array, threshold)
+    if opts.method == "atlas" and opts.refine:
+        mask, refined = refine_boundary(image.array, mask, image.spacing)
+        probability = probability.with_array(refined, source="brain probability (outline re-decided)")
     volume = _check_brain(mask, image, opts)
     notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
     out = LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "source": "brain_mask"})
