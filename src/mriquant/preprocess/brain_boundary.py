@@ -55,11 +55,14 @@ class BoundaryOptions:
 
 
 def _box(mask: npt.NDArray[np.bool_], pad: npt.NDArray[np.int_]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``pad`` voxels per axis, clipped to the array."""
-    where = np.argwhere(mask)
-    lower = np.maximum(where.min(axis=0) - pad, 0)
-    upper = np.minimum(where.max(axis=0) + pad + 1, np.asarray(mask.shape))
-    return tuple(slice(int(a), int(b)) for a, b in zip(lower, upper, strict=True))
+    """Bounding box of a non-empty ``mask`` grown by ``pad`` voxels per axis, clipped to the array."""
+    box = []
+    for axis in range(mask.ndim):  # a loop over the 3 axes
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        lower, upper = int(hits[0]) - int(pad[axis]), int(hits[-1]) + int(pad[axis]) + 1
+        box.append(slice(max(lower, 0), min(upper, mask.shape[axis])))
+    return tuple(box)
 
 
 def _bin_index(values: npt.NDArray[np.floating], bins: int) -> npt.NDArray[np.intp]:
@@ -158,5 +161,6 @@ def refine_boundary(
         posterior = ndimage.gaussian_filter(posterior, opts.smooth_mm / np.asarray(spacing, dtype=np.float64))
     probability = np.zeros(mask.shape, np.float32)
     probability[box] = posterior
-    refined = _largest_filled(probability >= 0.5)
+    refined = np.zeros(mask.shape, bool)
+    refined[box] = _largest_filled(posterior >= 0.5)
     return refined, probability
