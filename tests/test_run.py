@@ -87,6 +87,26 @@ def test_run_method_pairs_a_classical_method_with_the_other_kind() -> None:
     assert (classical.tissue_method, classical.structure_method) == ("mrf", None)
 
 
+def test_run_pipeline_honours_structures_false_given_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RunConfig(structures=False) built without without_structures() still tells deep to skip its structures."""
+    import mriquant.pipeline as pipeline
+    from mriquant.core.case import Case
+    from mriquant.pipeline import RunConfig
+    from mriquant.testing import make_phantom
+
+    seen: list[object] = []
+
+    def stop(config: RunConfig) -> list[object]:
+        seen.append(config)
+        raise RuntimeError("stop before preprocessing")
+
+    monkeypatch.setattr(pipeline, "_segmenters", stop)
+    with pytest.raises(RuntimeError, match="stop before"):
+        pipeline.run_pipeline(Case(make_phantom(shape=(16, 16, 16)).image), RunConfig(structures=False))
+    (config,) = seen
+    assert config.tissue_options.structures is False and config.structure_method is None
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not PHILIPS.is_dir(), reason="needs ../shared/data/dicom/philips-t1-mprage (real DICOM series)")
 def test_run_on_a_dicom_series_writes_seg_and_sr(tmp_path: Path) -> None:

@@ -293,6 +293,8 @@ def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], Non
     """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``."""
     from mriquant.segment import segment_step
 
+    if not config.structures:  # also when RunConfig(structures=False) was built directly
+        config = config.without_structures()
     segmenters = _segmenters(config)
     kinds = [s.registration_kind for s in segmenters if s.needs_registration]
     registration: Literal["rigid", "affine", "syn"] = "syn" if "syn" in kinds else "affine"
