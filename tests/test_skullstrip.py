@@ -76,6 +76,23 @@ def test_atlas_method_on_oblique_lia_input() -> None:
     assert _dice(result.mask.array, ph.brain_mask.array) >= 0.9
 
 
+def test_refine_option_switches_the_outline_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """refine=False returns the registered mask; refine=True re-decides its outline (one registration, reused)."""
+    import mriquant.preprocess.skullstrip_atlas as skullstrip_atlas
+    from mriquant.preprocess.skullstrip import postprocess
+
+    ph = make_phantom(contrast="T1", spacing=(2.0, 2.0, 2.0), seed=4)
+    probability, _ = skullstrip_atlas.atlas_brain_probability(ph.image, atlases=1)
+    monkeypatch.setattr(skullstrip_atlas, "atlas_brain_probability", lambda *a, **k: (probability, {}))
+    plain = skullstrip(ph.image, options=SkullStripOptions(refine=False))
+    refined = skullstrip(ph.image)
+    assert np.array_equal(plain.mask.array > 0, postprocess(probability.array, 0.5))
+    assert plain.probability is not None and np.array_equal(plain.probability.array, probability.array)
+    assert refined.probability is not None and "outline re-decided" in refined.probability.meta["source"]
+    assert _dice(refined.mask.array, refined.probability.array >= 0.5) > 0.99  # up to specks and filled holes
+    assert not np.array_equal(refined.mask.array, plain.mask.array)
+
+
 @pytest.mark.parametrize("contrast", ["T1", "PD"])  # the Mattes and the re-rendered cross-correlation paths
 def test_atlas_method_leaves_no_temporary_files(contrast: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile

@@ -496,13 +496,14 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         probability, _, cropped = predict_probability(net, image, limit=opts.max_grid, threads=opts.threads)
         threshold = opts.threshold if opts.threshold is not None else float(entry.get("threshold", 0.5))
     mask = postprocess(probability.array, threshold)
+    source = "brain probability"
     if opts.method == "atlas" and opts.refine:
         mask, refined = refine_boundary(image.array, mask, image.spacing)
-        probability = probability.with_array(refined, source="brain probability (outline re-decided)")
+        probability, source = probability.with_array(refined), "brain probability (outline re-decided)"
     volume = _check_brain(mask, image, opts)
     notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
     out = LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "source": "brain_mask"})
-    prob = probability.with_array(probability.array, source="brain probability") if opts.keep_probability else None
+    prob = probability.with_array(probability.array, source=source) if opts.keep_probability else None
     return SkullStripResult(out, prob, False, notes, volume)
 
 
