@@ -79,3 +79,11 @@ def test_no_smoothing_option() -> None:
     mask = _ball(truth.shape, 31.0, (1.0, 1.0, 1.0))
     refined, _ = refine_boundary(image, mask, (1.0, 1.0, 1.0), BoundaryOptions(smooth_mm=0.0))
     assert _dice(refined, truth) > 0.97
+
+
+@pytest.mark.parametrize("bad", [{"sigma_mm": 0.0}, {"band": 0.5}, {"bins": 1}, {"iterations": 0}, {"smooth_mm": -1.0}])
+def test_bad_options_are_refused(bad: dict[str, float]) -> None:
+    from mriquant.core.errors import InputError
+
+    with pytest.raises(InputError, match="Expected sigma_mm > 0"):
+        BoundaryOptions(**bad)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ voxels near it by Bayes' rule:
 * the posterior is smoothed by ``smooth_mm`` and thresholded at 0.5; the largest component is kept and its
   holes are filled.
 
-Measured (bench/RESULTS.md): BrainWeb validation anatomies 41-44 (14 scans), Dice 0.9732 -> 0.9797; it
+Measured (bench/RESULTS.md): BrainWeb validation anatomies 41-44 (16 scans), Dice 0.9732 -> 0.9797; it
 costs ~0.5 s on a 1 mm head.
 """
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
+from mriquant.core.errors import InputError
 
 __all__ = ["BoundaryOptions", "band_posterior", "refine_boundary"]
 
@@ -52,6 +54,14 @@ class BoundaryOptions:
     bins: int = 48
     iterations: int = 3
     smooth_mm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.sigma_mm > 0 and 0 < self.band < 0.5 and self.bins >= 2 and self.iterations >= 1
+                and self.smooth_mm >= 0):
+            raise InputError(
+                f"Expected sigma_mm > 0, 0 < band < 0.5, bins >= 2, iterations >= 1 and smooth_mm >= 0, found "
+                f"{self.sigma_mm}, {self.band}, {self.bins}, {self.iterations}, {self.smooth_mm}; fix the options."
+            )
 
 
 def _box(mask: npt.NDArray[np.bool_], pad: npt.NDArray[np.int_]) -> tuple[slice, ...]:
