@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from mriquant.core.errors import InputError
 
-__all__ = ["BoundaryOptions", "band_posterior", "refine_boundary"]
+__all__ = ["BoundaryOptions", "band_posterior", "largest_filled", "refine_boundary"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def band_posterior(
     return posterior
 
 
-def _largest_filled(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+def largest_filled(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The largest 6-connected component of ``mask``, holes filled."""
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = np.bincount(labels.ravel())
@@ -172,5 +173,5 @@ def refine_boundary(
     probability = np.zeros(mask.shape, np.float32)
     probability[box] = posterior
     refined = np.zeros(mask.shape, bool)
-    refined[box] = _largest_filled(posterior >= 0.5)
+    refined[box] = largest_filled(posterior >= 0.5)
     return refined, probability

@@ -43,7 +43,7 @@ from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.geometry import isotropic_grid, resample_to
 from mriquant.core.image import Image, LabelImage
-from mriquant.preprocess.brain_boundary import refine_boundary
+from mriquant.preprocess.brain_boundary import largest_filled, refine_boundary
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +251,7 @@ def predict_probability(net: Any, image: Image, *, limit: tuple[int, int, int] =
 
 def postprocess(probability: npt.NDArray[np.float32], threshold: float = 0.5) -> npt.NDArray[np.bool_]:
     """Threshold, keep the largest 6-connected component, fill holes."""
-    mask = probability > threshold
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+    return largest_filled(probability > threshold)
 
 
 # --------------------------------------------------------------------------- input checks
