@@ -15,9 +15,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 
 ImageT = TypeVar("ImageT", bound=Image)
+#: A box of voxels: one slice per axis.
+Box = tuple[slice, slice, slice]
 
 
 def orientation_of(affine: npt.NDArray[np.float64]) -> str:
@@ -136,3 +139,17 @@ def isotropic_grid(image: Image, spacing: float = 1.0) -> tuple[tuple[int, int, 
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = lo + spacing / 2.0
     return (shape[0], shape[1], shape[2]), affine
+
+
+def bounding_box(mask: npt.NDArray[np.bool_], margin: int | tuple[int, int, int] | npt.NDArray[np.int_] = 0) -> Box:
+    """Slices of the smallest box holding ``mask`` (grown by ``margin`` voxels per axis, clipped)."""
+    margins = np.broadcast_to(np.asarray(margin, dtype=int), (3,))
+    found = ndimage.find_objects(mask.astype(np.uint8))
+    if not found or found[0] is None:
+        raise InputError("Expected a non-empty region, found an empty one; check the mask and seeds.")
+    box = found[0]
+    return (
+        slice(max(box[0].start - margins[0], 0), min(box[0].stop + margins[0], mask.shape[0])),
+        slice(max(box[1].start - margins[1], 0), min(box[1].stop + margins[1], mask.shape[1])),
+        slice(max(box[2].start - margins[2], 0), min(box[2].stop + margins[2], mask.shape[2])),
+    )

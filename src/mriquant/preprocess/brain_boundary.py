@@ -27,6 +27,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
+from mriquant.core.geometry import bounding_box
 
 __all__ = ["BoundaryOptions", "band_posterior", "largest_filled", "refine_boundary"]
 
@@ -62,17 +63,6 @@ class BoundaryOptions:
                 f"Expected sigma_mm > 0, 0 < band < 0.5, bins >= 2, iterations >= 1 and smooth_mm >= 0, found "
                 f"{self.sigma_mm}, {self.band}, {self.bins}, {self.iterations}, {self.smooth_mm}; fix the options."
             )
-
-
-def _box(mask: npt.NDArray[np.bool_], pad: npt.NDArray[np.int_]) -> tuple[slice, ...]:
-    """Bounding box of a non-empty ``mask`` grown by ``pad`` voxels per axis, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):  # a loop over the 3 axes
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        lower, upper = int(hits[0]) - int(pad[axis]), int(hits[-1]) + int(pad[axis]) + 1
-        box.append(slice(max(lower, 0), min(upper, mask.shape[axis])))
-    return tuple(box)
 
 
 def _bin_index(values: npt.NDArray[np.floating], bins: int) -> npt.NDArray[np.intp]:
@@ -161,7 +151,7 @@ def refine_boundary(
     if not np.any(mask):
         return mask.copy(), mask.astype(np.float32)
     sigma = opts.sigma_mm / np.asarray(spacing, dtype=np.float64)
-    box = _box(mask, np.ceil(3.0 * sigma).astype(np.intp) + 2)
+    box = bounding_box(mask, np.ceil(3.0 * sigma).astype(np.intp) + 2)
     prior = ndimage.gaussian_filter(mask[box].astype(np.float32), sigma, truncate=3.0)
     band = (prior > opts.band) & (prior < 1.0 - opts.band)
     posterior = (prior >= 1.0 - opts.band).astype(np.float32)

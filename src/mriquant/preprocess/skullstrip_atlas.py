@@ -155,15 +155,17 @@ def _head_box(fixed: Any, carried: Any, margin_mm: float = HEAD_MARGIN_MM) -> An
     """``fixed`` cropped to the affinely carried atlas head plus ``margin_mm`` (the SyN needs no neck or air)."""
     import ants
 
-    head = np.argwhere(carried.numpy() > 0)
-    if head.size == 0:
+    from mriquant.core.geometry import bounding_box
+
+    head = carried.numpy() > 0
+    if not head.any():
         return fixed
     margin = np.ceil(margin_mm / np.asarray(fixed.spacing, dtype=np.float64)).astype(int)
-    lower = np.maximum(head.min(axis=0) - margin, 0)
-    upper = np.minimum(head.max(axis=0) + margin + 1, np.asarray(fixed.shape))
-    if np.all(lower == 0) and np.all(upper == np.asarray(fixed.shape)):
+    box = bounding_box(head, margin)
+    lower, upper = [s.start for s in box], [s.stop for s in box]
+    if lower == [0, 0, 0] and upper == list(fixed.shape):
         return fixed
-    return ants.crop_indices(fixed, lower.tolist(), upper.tolist())
+    return ants.crop_indices(fixed, lower, upper)
 
 
 def _register_atlas(

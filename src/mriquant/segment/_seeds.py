@@ -45,14 +45,13 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
-from mriquant.core.geometry import world_to_voxel
+from mriquant.core.geometry import Box, bounding_box, world_to_voxel
 from mriquant.core.image import Image, LabelImage
 
 Contrast = Literal["T1", "T2"]
 Vec3 = tuple[float, float, float]
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
-Box = tuple[slice, slice, slice]
 
 #: Face-connected (6-neighbour) structuring element used for every 3D labelling here.
 FACE = ndimage.generate_binary_structure(3, 1)
@@ -192,20 +191,6 @@ def brain_or_foreground(image: Image, mask: LabelImage | None) -> BoolArray:
         raise InputError(f"Expected an image with a foreground, found none in {image.meta.get('source', 'image')}.")
     largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
     return np.asarray(ndimage.binary_fill_holes(labels == largest))
-
-
-def bounding_box(mask: BoolArray, margin: int | tuple[int, int, int] = 0) -> Box:
-    """Slices of the smallest box holding ``mask`` (grown by ``margin`` voxels, clipped)."""
-    margins = np.broadcast_to(np.asarray(margin, dtype=int), (3,))
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
-        raise InputError("Expected a non-empty region, found an empty one; check the mask and seeds.")
-    box = found[0]
-    return (
-        slice(max(box[0].start - margins[0], 0), min(box[0].stop + margins[0], mask.shape[0])),
-        slice(max(box[1].start - margins[1], 0), min(box[1].stop + margins[1], mask.shape[1])),
-        slice(max(box[2].start - margins[2], 0), min(box[2].stop + margins[2], mask.shape[2])),
-    )
 
 
 def box_affine(affine: npt.NDArray[np.float64], box: Box) -> npt.NDArray[np.float64]:

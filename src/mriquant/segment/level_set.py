@@ -67,9 +67,10 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
+from mriquant.core.geometry import Box, bounding_box
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment import _seeds
-from mriquant.segment._seeds import Box, Midline
+from mriquant.segment._seeds import Midline
 from mriquant.segment.base import Segmentation, Segmenter, register
 from mriquant.segment.region_growing import (
     RegionGrowingOptions,
@@ -464,7 +465,7 @@ def _brain_start(image: Image, mask: LabelImage | None, opts: LevelSetOptions) -
 def _work_box(start: Start, image: Image, margin_mm: float) -> Box:
     """Bounding box of the initial inside grown by ``margin_mm`` (per-axis voxel margins)."""
     ni, nj, nk = (int(np.ceil(margin_mm / s)) + 1 for s in image.spacing)
-    return _seeds.bounding_box(start.inside | _seed_marks(start, image.shape), (ni, nj, nk))
+    return bounding_box(start.inside | _seed_marks(start, image.shape), (ni, nj, nk))
 
 
 def _seed_marks(start: Start, shape: tuple[int, int, int]) -> BoolArray:

@@ -59,9 +59,10 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
+from mriquant.core.geometry import Box, bounding_box
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment import _seeds
-from mriquant.segment._seeds import FACE, Box, Midline
+from mriquant.segment._seeds import FACE, Midline
 from mriquant.segment.base import Segmentation, Segmenter, register
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ def fill_label_holes(labels: npt.NDArray[np.int32]) -> None:
     for value in np.unique(labels):
         if value == 0:
             continue
-        box = _seeds.bounding_box(labels == value, 1)
+        box = bounding_box(labels == value, 1)
         crop = labels[box]
         filled = ndimage.binary_fill_holes(crop == value)
         crop[filled & (crop == 0)] = value
@@ -451,7 +452,7 @@ def grow(
     """
     brain = _seeds.brain_or_foreground(image, mask)
     check_seeds_in_mask(plan, brain)
-    box = _seeds.bounding_box(brain, 1)
+    box = bounding_box(brain, 1)
     local = plan.voxels - np.array([s.start for s in box])
     box_shape = (box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start)
     sides = None
