@@ -227,8 +227,10 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def miccai_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    lines = ["| method | GM Dice | WM Dice | CSF Dice* | seconds (mean, max) | +RSS MB (max) | failures |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | GM Dice | WM Dice | CSF Dice* | seconds (mean, max) | +RSS MB (max) | failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for method in ["FAST (shipped)", *methods]:
         mine = [r for r in rows if r["method"] == method]
         ok = [r for r in mine if "error" not in r]
@@ -236,8 +238,10 @@ def miccai_table(rows: list[dict[str, Any]], methods: list[str]) -> list[str]:
         rss = [r["rss_delta_mb"] for r in ok if "rss_delta_mb" in r]
         timing = f"{np.mean(secs):.1f}, {np.max(secs):.1f}" if secs else "n/a (precomputed)"
         memory = f"{max(rss):.0f}" if rss else "n/a"
-        lines.append(f"| {method} | {_mean_sd([r['GM'] for r in ok])} | {_mean_sd([r['WM'] for r in ok])} | "
-                     f"{_mean_sd([r['CSF'] for r in ok])} | {timing} | {memory} | {len(mine) - len(ok)} |")
+        lines.append(
+            f"| {method} | {_mean_sd([r['GM'] for r in ok])} | {_mean_sd([r['WM'] for r in ok])} | "
+            f"{_mean_sd([r['CSF'] for r in ok])} | {timing} | {memory} | {len(mine) - len(ok)} |"
+        )
     return lines
 
 
@@ -254,13 +258,21 @@ def per_subject_table(rows: list[dict[str, Any]], methods: list[str]) -> list[st
 
 
 def brainweb_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| contrast | noise | bias | method | n | CSF Dice | GM Dice | WM Dice | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["contrast"], r["noise"], r["bias"], r["method"]) for r in rows},
-                  key=lambda k: ("T1 T2 PD".index(k[0]), k[1], k[2], k[3]))
+    lines = [
+        "| contrast | noise | bias | method | n | CSF Dice | GM Dice | WM Dice | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["contrast"], r["noise"], r["bias"], r["method"]) for r in rows},
+        key=lambda k: ("T1 T2 PD".index(k[0]), k[1], k[2], k[3]),
+    )
     for contrast, noise, bias, method in keys:
-        ok = [r for r in rows if (r["contrast"], r["noise"], r["bias"], r["method"]) == (contrast, noise, bias, method)
-              and "error" not in r]
+        ok = [
+            r
+            for r in rows
+            if (r["contrast"], r["noise"], r["bias"], r["method"]) == (contrast, noise, bias, method)
+            and "error" not in r
+        ]
         if not ok:
             lines.append(f"| {contrast} | {noise * 100:g}% | {bias * 100:g}% | {method} | 0 | failed | | | |")
             continue
@@ -305,12 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anatomies", type=int, default=2, choices=(1, 2), help="BrainWeb models (--quick: 1)")
     parser.add_argument("--anatomy", nargs="+", help=f"BrainWeb model names instead (default {', '.join(ANATOMIES)})")
     parser.add_argument("--contrasts", nargs="+", default=["T1", "T2", "PD"], help="BrainWeb contrasts to simulate")
-    parser.add_argument("--n4", action="store_true",
-                        help="N4-correct each MICCAI scan first (mriquant's N4 in the non-zero region, as "
-                             "'mriquant segment --skullstripped' does) and give every method that input")
+    parser.add_argument(
+        "--n4",
+        action="store_true",
+        help="N4-correct each MICCAI scan first (mriquant's N4 in the non-zero region, as "
+        "'mriquant segment --skullstripped' does) and give every method that input",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.md")
-    parser.add_argument("--from-log", type=Path, nargs="+",
-                        help="only rebuild the tables from the JSON lines a (partial) run printed")
+    parser.add_argument(
+        "--from-log", type=Path, nargs="+", help="only rebuild the tables from the JSON lines a (partial) run printed"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.anatomies = 1
@@ -322,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     miccai: list[dict[str, Any]] = []
     if not args.no_miccai:
-        subjects = args.subjects or (list(QUICK_SUBJECTS) if args.quick else
-                                     sorted(p.name.split("_")[0] for p in MICCAI.glob("*_SS.nii.gz")))
+        subjects = args.subjects or (
+            list(QUICK_SUBJECTS) if args.quick else sorted(p.name.split("_")[0] for p in MICCAI.glob("*_SS.nii.gz"))
+        )
         for case in miccai_cases(subjects):
             case = with_n4(case) if args.n4 else case
             miccai.append({"case": case.name, "method": "FAST (shipped)", **scores(case.extra.pop("fast"), case.truth)})
@@ -346,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_from_logs(args: argparse.Namespace) -> int:
     """Tables from the JSON lines of earlier runs (FAST's Dice recomputed for the subjects seen)."""
-    rows = [json.loads(line) for path in args.from_log for line in path.read_text().splitlines()
-            if line.startswith("{")]
+    rows = [
+        json.loads(line) for path in args.from_log for line in path.read_text().splitlines() if line.startswith("{")
+    ]
     miccai = [r for r in rows if "contrast" not in r]
     brainweb = [r for r in rows if "contrast" in r]
     for case in miccai_cases(sorted({r["case"] for r in miccai})):
@@ -357,31 +375,51 @@ def report_from_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def report(args: argparse.Namespace, miccai: list[dict[str, Any]], brainweb: list[dict[str, Any]],
-           seconds: float) -> None:
-    when = (f"Assembled {time.strftime('%Y-%m-%d %H:%M')} from the logs of {', '.join(p.name for p in args.from_log)}"
-            if args.from_log else f"Run {time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.1f} min total")
-    lines = [f"# Tissue segmentation benchmark ({'quick' if args.quick else 'full'})", "",
-             f"{when}; {os.cpu_count()} CPUs shared with other jobs (load average now {os.getloadavg()[0]:.1f}: "
-             "times are wall clock under that load); each method in a forked child process, "
-             "+RSS = its peak resident memory minus its resident memory at the start.", ""]
+def report(
+    args: argparse.Namespace, miccai: list[dict[str, Any]], brainweb: list[dict[str, Any]], seconds: float
+) -> None:
+    when = (
+        f"Assembled {time.strftime('%Y-%m-%d %H:%M')} from the logs of {', '.join(p.name for p in args.from_log)}"
+        if args.from_log
+        else f"Run {time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.1f} min total"
+    )
+    lines = [
+        f"# Tissue segmentation benchmark ({'quick' if args.quick else 'full'})",
+        "",
+        f"{when}; {os.cpu_count()} CPUs shared with other jobs (load average now {os.getloadavg()[0]:.1f}: "
+        "times are wall clock under that load); each method in a forked child process, "
+        "+RSS = its peak resident memory minus its resident memory at the start.",
+        "",
+    ]
     if miccai:
         n = len({r["case"] for r in miccai})
         given = ", N4-corrected first, FAST (shipped) on the raw scan" if getattr(args, "n4", False) else ""
-        lines += [f"## MICCAI 2012 training, {n} subjects (1 mm T1, given brain mask{given})", "",
-                  *miccai_table(miccai, args.methods), "",
-                  "*CSF truth is mostly the ventricles (sulcal CSF is unlabelled): CSF Dice is low for every "
-                  "method and not a target.", "", *per_subject_table(miccai, args.methods), ""]
+        lines += [
+            f"## MICCAI 2012 training, {n} subjects (1 mm T1, given brain mask{given})",
+            "",
+            *miccai_table(miccai, args.methods),
+            "",
+            "*CSF truth is mostly the ventricles (sulcal CSF is unlabelled): CSF Dice is low for every "
+            "method and not a target.",
+            "",
+            *per_subject_table(miccai, args.methods),
+            "",
+        ]
     if brainweb:
-        lines += ["## BrainWeb simulations (1 mm, true brain mask; mean over anatomies)", "",
-                  *brainweb_table(brainweb), ""]
+        lines += [
+            "## BrainWeb simulations (1 mm, true brain mask; mean over anatomies)",
+            "",
+            *brainweb_table(brainweb),
+            "",
+        ]
     lines += ["## Targets", "", *targets(miccai, brainweb), ""]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps({"miccai": miccai, "brainweb": brainweb}, indent=1,
-                                                        default=float), encoding="utf-8")
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"miccai": miccai, "brainweb": brainweb}, indent=1, default=float), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

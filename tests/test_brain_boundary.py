@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from mriquant.preprocess.brain_boundary import BoundaryOptions, band_posterior, refine_boundary
+from mriquant.preprocess.brain_boundary import BoundaryOptions, band_posterior, largest_filled, refine_boundary
 
 
 def _ball(shape: tuple[int, ...], radius: float, spacing: tuple[float, ...]) -> npt.NDArray[np.bool_]:
@@ -72,6 +72,34 @@ def test_band_posterior_follows_separable_intensities_over_a_flat_prior() -> Non
     assert posterior[:5000].min() > 0.95 and posterior[5000:].max() < 0.05
     flat = band_posterior(np.ones(10000), prior)  # one intensity: the prior is the answer
     np.testing.assert_allclose(flat, prior, atol=1e-9)
+
+
+def _largest_filled_whole_grid(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The reference: label and fill on the whole grid."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        mask = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+
+
+def test_largest_filled_in_its_box_matches_the_whole_grid() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    for k in range(60):  # random blobs, some touching the grid's faces (where the box is clipped)
+        shape = tuple(int(n) for n in rng.integers(4, 24, 3))
+        mask = ndimage.gaussian_filter(rng.random(shape), 1.2) > rng.uniform(0.48, 0.52)
+        if k % 3 == 0:
+            mask[int(rng.integers(0, shape[0]))] = True
+        assert np.array_equal(largest_filled(mask), _largest_filled_whole_grid(mask)), k
+    shell = _ball((40, 40, 40), 18.0, (1.0, 1.0, 1.0)) & ~_ball((40, 40, 40), 9.0, (1.0, 1.0, 1.0))
+    speck = np.zeros_like(shell)
+    speck[0, 0, 0] = True
+    filled = largest_filled(shell | speck)
+    assert np.array_equal(filled, _ball((40, 40, 40), 18.0, (1.0, 1.0, 1.0)))  # hole filled, speck dropped
+    assert not largest_filled(np.zeros((5, 5, 5), bool)).any()
 
 
 def test_no_smoothing_option() -> None:

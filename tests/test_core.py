@@ -86,6 +86,31 @@ def test_resample_linear_matches_shift() -> None:
     np.testing.assert_allclose(out.array[2:8, 1, 1], np.arange(2, 8) + 0.5, atol=1e-5)
 
 
+@pytest.mark.parametrize("error_mm", [0.0, 1e-9, -1e-9])
+def test_resample_keeps_outer_slices_of_a_grid_equal_up_to_rounding(error_mm: float) -> None:
+    """A grid whose outer voxel centres match the source's only up to float rounding keeps every slice."""
+    rng = np.random.default_rng(0)
+    affine = np.array([[-1.0, 0, 0, 10], [0, 0, 1.3, -5], [0, -1.7, 0, 7], [0, 0, 0, 1]])
+    image = Image(rng.random((20, 30, 25)).astype(np.float32) + 1.0, affine)
+    labels = LabelImage(rng.integers(1, 5, (20, 30, 25)), affine)
+    ras = reorient(image, "RAS")
+    target = ras.affine.copy()
+    target[:3, 3] += error_mm
+    np.testing.assert_allclose(resample_to(image, ras.shape, target).array, ras.array, atol=1e-5)
+    np.testing.assert_array_equal(resample_to(labels, ras.shape, target).array, reorient(labels, "RAS").array)
+
+
+def test_resample_fills_beyond_half_a_voxel_outside() -> None:
+    img = Image(np.tile(np.arange(1, 11, dtype=np.float32)[:, None, None], (1, 4, 4)), np.eye(4))
+    for shift, edge in [(0.4, 10.0), (0.6, -1.0), (-0.4, 1.0), (-0.6, -1.0)]:  # centres 0.4 / 0.6 voxel out
+        moved = np.eye(4)
+        moved[0, 3] = shift
+        out = resample_to(img, img.shape, moved, fill=-1.0)
+        assert out.array[-1 if shift > 0 else 0, 1, 1] == pytest.approx(edge)  # the edge value, or the fill
+        lab = resample_to(LabelImage(img.array.astype(np.int16), np.eye(4)), img.shape, moved, fill=0)
+        assert lab.array[-1 if shift > 0 else 0, 1, 1] == (0 if edge < 0 else edge)
+
+
 def test_isotropic_grid_covers_field_of_view() -> None:
     img = _img((10, 10, 4), np.diag([1.0, 1.0, 5.0, 1.0]))
     shape, aff = isotropic_grid(img, 1.0)

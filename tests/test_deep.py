@@ -38,7 +38,6 @@ from mriquant.models.deep_synth import AugmentConfig, DeepSampler, normalise_box
 from mriquant.models.train_deep import _dice_loss, dice_scores
 from mriquant.models.unet import UNetConfig
 
-HEADS = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "heads" / "brainweb_heads_2mm.npz"
 #: Tissue Dice floors of the regression test: measured 0.730 (GM) and 0.792 (WM) with the shipped weights
 #: (version 2, 2026-12-05) on the 2 mm simulated head, network alone, minus 0.03.
 GM_FLOOR = 0.70
@@ -207,24 +206,20 @@ def test_normalise_box_maps_percentiles_and_zeroes_the_outside() -> None:
     assert float(torch.quantile(inside, 0.99)) == pytest.approx(1.0, abs=1e-3)
 
 
-def _heads() -> dict[str, np.ndarray]:
-    with np.load(HEADS) as data:
-        return {k: data[k] for k in ("images", "brains", "fractions", "affines")}
-
-
 def _write_pairs(folder: Path) -> None:
     """Two small training pairs (2 mm simulated BrainWeb heads, tissue labels as FreeSurfer ids)."""
     from mriquant.io import write_image
+    from mriquant.preprocess.skullstrip_atlas import load_head_atlases
 
-    heads = _heads()
+    heads = load_head_atlases()
     folder.mkdir()
     for k in range(2):
-        affine = heads["affines"][k]
-        tissue = heads["fractions"][k, :4].argmax(0)  # 0 background, 1 CSF, 2 GM, 3 WM
-        brain = heads["brains"][k] > 0
+        head, fraction = heads.atlas(k)
+        tissue = heads.class_fractions(k)[:4].argmax(0)  # 0 background, 1 CSF, 2 GM, 3 WM
+        brain = fraction.array > 0
         ids = np.where(brain, np.array([0, 24, 3, 2])[tissue], 0).astype(np.int16)
-        write_image(Image(heads["images"][k].astype(np.float32) * brain, affine), folder / f"s{k}_SS.nii.gz")
-        write_image(LabelImage(ids, affine), folder / f"s{k}_glm.nii.gz")
+        write_image(head.with_array(head.array * brain), folder / f"s{k}_SS.nii.gz")
+        write_image(LabelImage(ids, head.affine.copy()), folder / f"s{k}_glm.nii.gz")
 
 
 @pytest.mark.slow

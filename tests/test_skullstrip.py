@@ -119,6 +119,63 @@ def test_head_box_crops_the_fixed_image_to_the_carried_head() -> None:
     assert _head_box(fixed, fixed.new_image_like(np.zeros_like(head))) is fixed  # nothing carried: no crop
 
 
+def test_class_intensities_use_each_class_eroded_by_one_voxel() -> None:
+    import ants
+    from scipy import ndimage
+
+    from mriquant.preprocess.skullstrip_atlas import _class_intensities
+
+    rng = np.random.default_rng(2)
+    labels = (ndimage.gaussian_filter(rng.random((30, 26, 22)), 2.0) * 900).astype(int) % 6
+    labels[labels == 4] = 0  # a class that is absent
+    labels[3:5, 3:5, 3:5] = 5  # ... and one too small to erode: its whole region counts
+    values = rng.random(labels.shape).astype(np.float32)
+    expected = np.zeros(7, np.float32)
+    for c in (1, 2, 3, 5):
+        core = ndimage.binary_erosion(labels == c)
+        expected[c] = np.median(values[core if core.sum() > 50 else labels == c])
+    found = _class_intensities(ants.from_numpy(values), ants.from_numpy(labels.astype(np.float32)), 7)
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_fixed_image_is_on_the_grid_ants_would_resample_to() -> None:
+    """The 2 mm fixed image: same origin, axes, size and values as ANTs' own resampling, in any orientation."""
+    from mriquant.preprocess.bias import to_ants
+    from mriquant.preprocess.skullstrip import _smooth_to
+    from mriquant.preprocess.skullstrip_atlas import _smooth_fixed
+
+    ph = make_phantom(contrast="T1", spacing=(1.5, 1.2, 2.5), orientation="LIA", rotation=(8.0, 0.0, -6.0), seed=5)
+    fixed = _smooth_fixed(ph.image, 2.0)
+    smooth = ph.image.with_array(_smooth_to(ph.image, 2.0))
+    reference = to_ants(smooth).resample_image((2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
+    assert fixed.shape == reference.shape
+    np.testing.assert_allclose(fixed.origin, reference.origin, atol=1e-4)
+    np.testing.assert_allclose(fixed.direction, reference.direction, atol=1e-6)
+    np.testing.assert_allclose(fixed.spacing, (2.0, 2.0, 2.0))
+    np.testing.assert_allclose(fixed.numpy(), reference.numpy(), atol=1e-4 * float(reference.max()))
+
+
+def test_head_library_reads_one_atlas_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    from mriquant.preprocess.skullstrip_atlas import _read_atlas, load_head_atlases
+
+    heads = load_head_atlases()
+    assert len(heads.names) == 3
+    _read_atlas.cache_clear()
+    head, brain = heads.atlas(0)
+    assert _read_atlas.cache_info().currsize == 1  # the other atlases stay on disk
+    assert head.shape == brain.shape == heads.classes(0).shape == heads.class_fractions(0).shape[1:]
+    assert float(brain.array.min()) >= 0.0 and float(brain.array.max()) <= 1.0
+    np.testing.assert_allclose(heads.class_fractions(0).sum(axis=0), 1.0, atol=0.05)
+    with pytest.raises(IndexError):
+        heads.atlas(3)
+    bad = tmp_path / "heads.npz"
+    np.savez(bad, images=np.zeros((1, 2, 2, 2)))
+    with pytest.raises(InputError, match="Expected a head-atlas library with 'names'"):
+        load_head_atlases(str(bad))
+    with pytest.raises(InputError, match="found no file"):
+        load_head_atlases(str(tmp_path / "missing.npz"))
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(InputError, match="method"):
         SkullStripOptions(method="bet")  # type: ignore[arg-type]

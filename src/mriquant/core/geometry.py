@@ -84,7 +84,10 @@ def resample_to(
         Spline order. Defaults to 1 (linear) for :class:`Image` and 0 (nearest
         neighbour) for :class:`LabelImage`; label images are always nearest.
     fill : float
-        Value for target voxels outside the source field of view.
+        Value for target voxels outside the source field of view: those whose centre lies outside the
+        source voxels' extent (index -0.5 to n - 0.5 on some axis). Inside it, interpolation uses the edge
+        values beyond the outer voxel centres (ITK's convention), so a grid that shares its outer voxel
+        centres with the source, up to rounding, keeps its outer slices.
 
     Returns
     -------
@@ -99,19 +102,16 @@ def resample_to(
     if np.allclose(mapping, np.eye(4), atol=1e-6) and tuple(shape) == image.shape:
         return type(image)(image.array.copy(), np.asarray(affine, np.float64), dict(image.meta))
     src = image.array
-    out_dtype: Any = src.dtype if is_label else np.float32
-    data = src if is_label else src.astype(np.float32, copy=False)
-    out = ndimage.affine_transform(
-        data,
-        mapping[:3, :3],
-        offset=mapping[:3, 3],
-        output_shape=tuple(shape),
-        order=spline,
-        mode="constant",
-        cval=fill,
-        output=out_dtype,
-        prefilter=spline > 1,
-    )
+    grid: dict[str, Any] = {"matrix": mapping[:3, :3], "offset": mapping[:3, 3], "output_shape": tuple(shape)}
+    if spline == 0:  # nearest: a centre rounding to a source voxel takes its value, the rest ``fill``
+        out = ndimage.affine_transform(src, order=0, mode="grid-constant", cval=fill,
+                                       output=src.dtype if is_label else np.float32, **grid)  # fmt: skip
+        return type(image)(out, np.asarray(affine, np.float64), dict(image.meta))
+    out = ndimage.affine_transform(src.astype(np.float32, copy=False), order=spline, mode="nearest",
+                                   output=np.float32, prefilter=spline > 1, **grid)  # fmt: skip
+    inside = ndimage.affine_transform(np.ones(src.shape, np.uint8), order=0, mode="grid-constant", cval=0,
+                                      output=np.uint8, **grid)  # fmt: skip
+    out[inside == 0] = fill
     return type(image)(out, np.asarray(affine, np.float64), dict(image.meta))
 
 

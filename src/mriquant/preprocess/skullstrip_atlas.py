@@ -64,74 +64,120 @@ CC_ITERATIONS, CC_RADIUS = (20, 15, 0), 1
 HEAD_MARGIN_MM = 16.0
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class HeadAtlases:
-    """Simulated heads and their brain fractions on one 2 mm grid per atlas.
+    """The head-atlas library: simulated heads, their class and brain fractions, each on its own 2 mm grid.
+
+    The file keeps every atlas under its own keys (``image{i}``, ``brain{i}``, ``fractions{i}``,
+    ``affine{i}``), so an atlas is decompressed only when first used (the default strip uses one of three).
 
     Attributes
     ----------
-    images : numpy.ndarray, float16, shape (N, X, Y, Z)
-        T1-weighted heads (white matter ~1).
-    brains : numpy.ndarray, uint8, shape (N, X, Y, Z)
-        Brain fraction x 255.
-    affines : numpy.ndarray, shape (N, 4, 4)
-        Voxel -> RAS+ mm of each atlas.
+    path : pathlib.Path
+        The ``.npz`` file.
     names : tuple of str
-        Source anatomies.
+        Source anatomies, in atlas order.
     """
 
-    images: npt.NDArray[np.float16]
-    brains: npt.NDArray[np.uint8]
-    fractions: npt.NDArray[np.uint8]
-    affines: npt.NDArray[np.float64]
+    path: Path
     names: tuple[str, ...]
 
+    def _arrays(self, i: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+        if not 0 <= i < len(self.names):
+            raise IndexError(f"atlas {i} of {len(self.names)}")
+        return _read_atlas(str(self.path), i)
+
     def atlas(self, i: int) -> tuple[Image, Image]:
-        """The ``i``-th head and its brain fraction (0-1) as images."""
-        affine = self.affines[i].copy()
-        head = Image(self.images[i].astype(np.float32), affine, {"source": f"head atlas {self.names[i]}"})
-        brain = Image(self.brains[i].astype(np.float32) / 255.0, affine.copy(), {"source": "brain fraction"})
-        return head, brain
+        """The ``i``-th head (T1-weighted, white matter ~1) and its brain fraction (0-1) as images."""
+        image, brain, _, affine = self._arrays(i)
+        head = Image(image.astype(np.float32), affine.copy(), {"source": f"head atlas {self.names[i]}"})
+        fraction = Image(brain.astype(np.float32) / np.float32(255.0), affine.copy(), {"source": "brain fraction"})
+        return head, fraction
 
     def class_fractions(self, i: int) -> npt.NDArray[np.float32]:
         """Fraction (0-1) of every BrainWeb class in each voxel of atlas ``i``, shape (C, X, Y, Z)."""
-        return np.asarray(self.fractions[i], dtype=np.float32) / np.float32(255.0)
+        return np.asarray(self._arrays(i)[2], dtype=np.float32) / np.float32(255.0)
 
     def classes(self, i: int) -> LabelImage:
         """The majority class of each voxel of atlas ``i``."""
-        return LabelImage(np.argmax(self.fractions[i], axis=0).astype(np.int32), self.affines[i].copy())
+        _, _, fractions, affine = self._arrays(i)
+        return LabelImage(np.argmax(fractions, axis=0).astype(np.int32), affine.copy())
+
+
+#: Keys of atlas ``i`` in the library file.
+ATLAS_KEYS = ("image", "brain", "fractions", "affine")
+
+
+@lru_cache(maxsize=4)
+def _read_atlas(path: str, i: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]:
+    """Head (float16), brain fraction x 255 (uint8), class fractions x 255 (uint8) and affine of atlas ``i``."""
+    with np.load(path, allow_pickle=False) as data:
+        image, brain, fractions, affine = (data[f"{key}{i}"] for key in ATLAS_KEYS)
+    for array in (image, brain, fractions, affine):
+        array.flags.writeable = False  # shared by every caller through the cache
+    return image, brain, fractions, affine.astype(np.float64)
 
 
 @lru_cache(maxsize=1)
 def load_head_atlases(path: str | None = None) -> HeadAtlases:
-    """Read the head-atlas library (the shipped one by default)."""
+    """Open the head-atlas library (the shipped one by default); atlases are read on first use."""
     file = Path(path) if path else Path(__file__).resolve().parents[1] / "data" / "heads" / HEADS_FILE
     if not file.is_file():
         raise InputError(f"Expected the head-atlas library at {file}, found no file; reinstall mriquant.")
     with np.load(file, allow_pickle=False) as data:
-        names = tuple(json.loads(bytes(data["names"]).decode()))
-        return HeadAtlases(data["images"], data["brains"], data["fractions"], data["affines"].astype(np.float64), names)
+        keys = set(data.files)
+        names = tuple(json.loads(bytes(data["names"]).decode())) if "names" in keys else ()
+    missing = sorted(f"{key}{i}" for i in range(len(names)) for key in ATLAS_KEYS if f"{key}{i}" not in keys)
+    if not names or missing:
+        raise InputError(
+            f"Expected a head-atlas library with 'names' and {', '.join(k + '{i}' for k in ATLAS_KEYS)} per atlas, "
+            f"found keys {sorted(keys)} in {file}; rebuild it with python -m mriquant.preprocess.skullstrip_atlas."
+        )
+    return HeadAtlases(file, names)
 
 
 def _smooth_fixed(image: Image, spacing_mm: float) -> Any:
-    """The scan smoothed to ``spacing_mm`` and resampled onto an isotropic grid, as an ANTs image."""
+    """The scan smoothed to ``spacing_mm`` and resampled (linear) onto a grid of that spacing, as an ANTs image.
+
+    The grid is the one ``ants.resample_image`` makes (the scan's axes and first voxel centre,
+    ``round(n x native / spacing_mm)`` voxels per axis) and so are the values; scipy fills it 6x faster
+    (0.05 vs 0.3 s on a 1 mm head).
+    """
+    from mriquant.core.geometry import resample_to
     from mriquant.preprocess.bias import to_ants
     from mriquant.preprocess.skullstrip import _smooth_to
 
+    native = np.asarray(image.spacing, dtype=np.float64)
+    size = np.floor(np.asarray(image.shape) * native / spacing_mm + 0.5).astype(int)
+    affine = image.affine @ np.diag([*(spacing_mm / native), 1.0])
     smooth = image.with_array(_smooth_to(image, spacing_mm))
-    return to_ants(smooth).resample_image((spacing_mm,) * 3, use_voxels=False, interp_type=0)
+    return to_ants(resample_to(smooth, (int(size[0]), int(size[1]), int(size[2])), affine, order=1))
+
+
+def _interior(labels: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
+    """Voxels whose six face neighbours carry their own label (what a cross erosion of each class keeps)."""
+    inner = np.zeros(labels.shape, dtype=bool)
+    core = labels[1:-1, 1:-1, 1:-1]
+    same = np.ones(core.shape, dtype=bool)
+    for axis in range(3):  # a loop over the 3 axes, each a vectorised comparison with both neighbours
+        for shift in (-1, 1):
+            same &= np.roll(labels, shift, axis=axis)[1:-1, 1:-1, 1:-1] == core
+    inner[1:-1, 1:-1, 1:-1] = same
+    return inner
 
 
 def _class_intensities(fixed: Any, classes: Any, n_classes: int) -> npt.NDArray[np.float32]:
-    """Median intensity of the scan in each (eroded) atlas class region carried onto it; 0 when absent."""
-    from scipy import ndimage
+    """Median intensity of the scan in each (eroded) atlas class region carried onto it; 0 when absent.
 
+    A class's region is eroded by one voxel (6-neighbour cross) to keep partial volumes out; a class with
+    50 voxels or fewer left keeps its whole region.
+    """
     values, labels = fixed.numpy(), np.rint(classes.numpy()).astype(np.int32)
+    inner = _interior(labels)
+    core_counts = np.bincount(labels[inner].ravel(), minlength=n_classes)
     out = np.zeros(n_classes, np.float32)
     for c in range(1, n_classes):  # a loop over ~12 classes, each vectorised
-        region = labels == c
-        core = ndimage.binary_erosion(region)
-        use = core if np.count_nonzero(core) > 50 else region
+        use = (labels == c) & inner if core_counts[c] > 50 else labels == c
         if np.any(use):
             out[c] = float(np.median(values[use]))
     return out
@@ -265,10 +311,12 @@ def _head(subject: int, data: Path) -> tuple[Image, LabelImage, npt.NDArray[np.u
     wm = reorient(sim.tissue, "RAS").array == 3
     image = image.with_array((image.array / np.float32(image.array[wm].mean())).astype(np.float32))
     counts = _fractions(labels, 4)
-    fractions = np.stack([
-        reorient(Image(counts.counts[c].astype(np.float32) / 64.0, counts.affine), "RAS").array
-        for c in range(len(CLASS_NAMES))
-    ])
+    fractions = np.stack(
+        [
+            reorient(Image(counts.counts[c].astype(np.float32) / 64.0, counts.affine), "RAS").array
+            for c in range(len(CLASS_NAMES))
+        ]
+    )
     assert fractions.shape[1:] == image.shape  # the simulation's own 2 mm grid
     return image, reorient(sim.brain_mask, "RAS"), np.rint(fractions * 255).astype(np.uint8)
 
@@ -282,24 +330,27 @@ def _brain_fraction(brain: LabelImage, image: Image) -> npt.NDArray[np.uint8]:
 
 
 def build(out: Path, data: Path, subjects: tuple[int, ...] = HEAD_SUBJECTS) -> Path:
-    """Simulate the heads of ``subjects`` and write the library to ``out`` (atomic)."""
+    """Simulate the heads of ``subjects`` and write the library to ``out`` (atomic).
+
+    Every atlas is padded to the largest grid (zeros; class 0, background, in the padding).
+    """
     heads = [_head(s, data) for s in subjects]
     shape = np.max([h.shape for h, _, _ in heads], axis=0)
-    n_classes = heads[0][2].shape[0]
-    images = np.zeros((len(heads), *shape), np.float16)
-    brains = np.zeros((len(heads), *shape), np.uint8)
-    fractions = np.zeros((len(heads), n_classes, *shape), np.uint8)
-    fractions[:, 0] = 255  # padding is background
+    arrays: dict[str, Any] = {}
     for i, (head, brain, fraction) in enumerate(heads):
         x, y, z = head.shape
-        images[i, :x, :y, :z] = head.array.astype(np.float16)
-        brains[i, :x, :y, :z] = _brain_fraction(brain, head)
-        fractions[i, :, :x, :y, :z] = fraction
-    affines = np.stack([h.affine for h, _, _ in heads])
+        image = np.zeros(shape, np.float16)
+        image[:x, :y, :z] = head.array.astype(np.float16)
+        fraction_brain = np.zeros(shape, np.uint8)
+        fraction_brain[:x, :y, :z] = _brain_fraction(brain, head)
+        fractions = np.zeros((fraction.shape[0], *shape), np.uint8)
+        fractions[0] = 255  # padding is background
+        fractions[:, :x, :y, :z] = fraction
+        arrays |= {f"image{i}": image, f"brain{i}": fraction_brain, f"fractions{i}": fractions,
+                   f"affine{i}": head.affine}  # fmt: skip
     names = json.dumps([f"brainweb-subject{s:02d}" for s in subjects]).encode()
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=images, brains=brains, fractions=fractions, affines=affines,
-                        names=np.frombuffer(names, np.uint8))  # fmt: skip
+    np.savez_compressed(tmp, names=np.frombuffer(names, np.uint8), **arrays)
     os.replace(tmp, out)
     return out
 
