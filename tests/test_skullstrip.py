@@ -104,19 +104,21 @@ def test_atlas_method_leaves_no_temporary_files(contrast: str, tmp_path: Path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # ANTs' transforms and inverse warps are removed
 
 
-def test_head_box_crops_the_fixed_image_to_the_carried_head() -> None:
+def test_brain_box_crops_the_fixed_image_to_the_carried_brain() -> None:
     import ants
 
-    from mriquant.preprocess.skullstrip_atlas import _head_box
+    from mriquant.preprocess.skullstrip_atlas import _brain_box
 
     fixed = ants.from_numpy(np.zeros((60, 50, 40), np.float32), spacing=(2.0, 2.0, 2.0))
-    head = np.zeros((60, 50, 40), np.float32)
-    head[20:30, 10:40, 5:35] = 3.0  # an atlas class carried onto the scan
-    box = _head_box(fixed, fixed.new_image_like(head), margin_mm=8.0)  # 4 voxels each side
+    classes = np.zeros((60, 50, 40), np.float32)
+    classes[15:35, 5:45, 2:38] = 7.0  # skull carried onto the scan: not brain
+    classes[20:30, 10:40, 5:35] = 2.0  # grey matter
+    classes[24:26, 20:22, 15:17] = 3.0  # white matter
+    box = _brain_box(fixed, fixed.new_image_like(classes), margin_mm=8.0)  # 4 voxels each side
     assert box.shape == (18, 38, 38)
     np.testing.assert_allclose(box.origin, (32.0, 12.0, 2.0))  # the crop keeps world positions
-    assert _head_box(fixed, fixed.new_image_like(np.ones_like(head)), margin_mm=8.0) is fixed
-    assert _head_box(fixed, fixed.new_image_like(np.zeros_like(head))) is fixed  # nothing carried: no crop
+    assert _brain_box(fixed, fixed.new_image_like(np.ones_like(classes)), margin_mm=8.0) is fixed
+    assert _brain_box(fixed, fixed.new_image_like(np.full_like(classes, 7.0))) is fixed  # no brain carried: no crop
 
 
 def test_class_intensities_use_each_class_eroded_by_one_voxel() -> None:

@@ -60,8 +60,10 @@ MATTES_ITERATIONS, MATTES_BINS = (40, 30, 0), 32
 #: SyN iterations and the cross-correlation radius (voxels) for re-rendered atlases. Radius 1 is 2.5x
 #: cheaper per iteration than 2 and as accurate (validation T2/PD: Dice 0.9754 at 8.0 s vs 0.9739 at 18 s).
 CC_ITERATIONS, CC_RADIUS = (20, 15, 0), 1
-#: Margin (mm) kept around the affinely carried atlas head when the SyN's fixed image is cropped.
-HEAD_MARGIN_MM = 16.0
+#: Margin (mm) kept around the affinely carried atlas brain (CSF, GM, WM) when the SyN's fixed image is cropped.
+#: Validation anatomies 41-44 (16 scans), against the previous crop to the carried head + 16 mm: Dice mean / min
+#: 0.9796 / 0.9690 -> 0.9794 / 0.9693 (margin 4: 0.9791 / 0.9672; 12: 0.9794 / 0.9700), 1.4 s less per scan.
+BRAIN_MARGIN_MM = 8.0
 
 
 @dataclass(frozen=True)
@@ -197,17 +199,22 @@ def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int, prefix
     return list(result["fwdtransforms"])
 
 
-def _head_box(fixed: Any, carried: Any, margin_mm: float = HEAD_MARGIN_MM) -> Any:
-    """``fixed`` cropped to the affinely carried atlas head plus ``margin_mm`` (the SyN needs no neck or air)."""
+def _brain_box(fixed: Any, carried: Any, margin_mm: float = BRAIN_MARGIN_MM) -> Any:
+    """``fixed`` cropped to the affinely carried atlas brain plus ``margin_mm`` (the SyN needs no neck or air).
+
+    ``carried`` holds the atlas classes on ``fixed``'s grid; the brain is CSF, GM and WM. With nothing carried,
+    or a box as large as the image, ``fixed`` itself is returned.
+    """
     import ants
 
     from mriquant.core.geometry import bounding_box
 
-    head = carried.numpy() > 0
-    if not head.any():
+    classes = np.rint(carried.numpy())
+    brain = (classes >= CSF) & (classes <= WM)
+    if not brain.any():
         return fixed
     margin = np.ceil(margin_mm / np.asarray(fixed.spacing, dtype=np.float64)).astype(int)
-    box = bounding_box(head, margin)
+    box = bounding_box(brain, margin)
     lower, upper = [s.start for s in box], [s.stop for s in box]
     if lower == [0, 0, 0] and upper == list(fixed.shape):
         return fixed
@@ -237,7 +244,7 @@ def _register_atlas(
                                     interpolator="nearestNeighbor")  # fmt: skip
     fractions = heads.class_fractions(i)
     lut = _class_intensities(fixed, carried, fractions.shape[0])
-    fixed = _head_box(fixed, carried)
+    fixed = _brain_box(fixed, carried)
     if lut[WM] > lut[GM] > lut[CSF]:
         return _refine(fixed, moving, affine[0], "mattes", seed, prefix), "T1-like: simulated T1 head, SyN (Mattes)"
     rendered = Image(np.tensordot(lut, fractions, axes=1).astype(np.float32), head.affine.copy())
