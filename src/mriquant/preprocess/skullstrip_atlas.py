@@ -61,9 +61,11 @@ MATTES_ITERATIONS, MATTES_BINS = (40, 30, 0), 32
 #: cheaper per iteration than 2 and as accurate (validation T2/PD: Dice 0.9754 at 8.0 s vs 0.9739 at 18 s).
 CC_ITERATIONS, CC_RADIUS = (20, 15, 0), 1
 #: Margin (mm) kept around the affinely carried atlas brain (CSF, GM, WM) when the SyN's fixed image is cropped.
-#: Validation anatomies 41-44 (16 scans), against the previous crop to the carried head + 16 mm: Dice mean / min
-#: 0.9796 / 0.9690 -> 0.9794 / 0.9693 (margin 4: 0.9791 / 0.9672; 12: 0.9794 / 0.9700), 1.4 s less per scan.
-BRAIN_MARGIN_MM = 8.0
+#: Validation anatomies 41-44 (16 scans), Dice mean / min and seconds per scan: the previous crop (carried head
+#: + 16 mm) 0.9796 / 0.9690, 8.3 s; brain + 12 mm 0.9794 / 0.9700, 7.7 s; + 8 mm 0.9794 / 0.9693, 6.9 s; + 4 mm
+#: 0.9791 / 0.9672, 6.5 s. 8 mm cost 0.003-0.005 on a larger head (BrainWeb 06): the SyN damps its field near the
+#: crop's edge, which then lies close to the brain.
+BRAIN_MARGIN_MM = 12.0
 
 
 @dataclass(frozen=True)
