@@ -17,7 +17,7 @@ dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the du
 4. the atlas brain mask is warped onto the native grid.
 
 The mean of the warped masks is the brain probability. No network is involved, so it works on real
-scans whatever the training of the CNN, at the cost of 7-9 s of registration per atlas (1 mm head, 2 cores).
+scans whatever the training of the CNN, at the cost of 5-6.5 s of registration per atlas (1 mm head, 2 cores).
 
 Build the library (documented command, reads ``../shared/data/brainweb-crisp``)::
 
