@@ -109,10 +109,22 @@ def resample_to(
         return type(image)(out, np.asarray(affine, np.float64), dict(image.meta))
     out = ndimage.affine_transform(src.astype(np.float32, copy=False), order=spline, mode="nearest",
                                    output=np.float32, prefilter=spline > 1, **grid)  # fmt: skip
-    inside = ndimage.affine_transform(np.ones(src.shape, np.uint8), order=0, mode="grid-constant", cval=0,
-                                      output=np.uint8, **grid)  # fmt: skip
-    out[inside == 0] = fill
+    if not _inside_source(mapping, shape, src.shape):  # some target centres fall outside: find which
+        inside = ndimage.affine_transform(np.ones(src.shape, np.uint8), order=0, mode="grid-constant", cval=0,
+                                          output=np.uint8, **grid)  # fmt: skip
+        out[inside == 0] = fill
     return type(image)(out, np.asarray(affine, np.float64), dict(image.meta))
+
+
+def _inside_source(mapping: npt.NDArray[np.floating[Any]], shape: tuple[int, ...], source: tuple[int, ...]) -> bool:
+    """Whether every target voxel centre maps inside the source voxels' extent (-0.5 to n - 0.5 per axis).
+
+    The target grid's image is a parallelepiped, so checking its 8 corner centres is enough.
+    """
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij"), dtype=np.float64).reshape(3, -1)
+    points = mapping[:3, :3] @ corners + mapping[:3, 3:4]
+    upper = np.asarray(source, dtype=np.float64)[:, None] - 0.5
+    return bool(np.all(points >= -0.5) and np.all(points < upper))
 
 
 def resample_like(image: ImageT, reference: Image, **kwargs: Any) -> ImageT:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
 
 __all__ = [
@@ -63,6 +64,8 @@ LR_PAIRS: tuple[tuple[int, int], ...] = (
 
 #: Target value of voxels whose label is not in :data:`STRUCTURES` (left out of the loss).
 IGNORE = 255
+#: Voxels kept around the brain when a training case is cropped.
+CROP_MARGIN = 6
 
 
 @dataclass(frozen=True)
@@ -164,12 +167,6 @@ def load_case(path: Path) -> TrainingCase:
         return TrainingCase(path.name.split(".")[0], data["labels"], image, data["template_to_voxel"])
 
 
-def _crop_box(brain: npt.NDArray[np.bool_], margin: int = 6) -> tuple[slice, ...]:
-    idx = np.nonzero(brain)
-    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + margin + 1))
-                 for i, n in zip(idx, brain.shape, strict=True))  # fmt: skip
-
-
 def prepare_case(name: str, labels: LabelImage, image: Image | None, mask: LabelImage | None = None) -> TrainingCase:
     """Affinely register one (label map, image) pair to MNI152 and crop it to the brain.
 
@@ -189,7 +186,7 @@ def prepare_case(name: str, labels: LabelImage, image: Image | None, mask: Label
     brain = labelled if mask is None else (mask.array > 0) | labelled
     moving = image if image is not None else render_t1(labels.with_array(ids))
     tx = register_to_mni(moving, mask=LabelImage(brain.astype(np.uint8), labels.affine.copy()), kind="affine")
-    box = _crop_box(brain)
+    box = bounding_box(brain, CROP_MARGIN)
     index = class_index(ids[box])
     index[~labelled[box]] = 0
     shift = np.eye(4)

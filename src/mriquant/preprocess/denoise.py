@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
+from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
 
 __all__ = ["NlmOptions", "denoise_step", "estimate_noise_sigma", "nlm"]
@@ -97,13 +98,6 @@ def estimate_noise_sigma(image: Image, mask: LabelImage | None = None) -> float:
         return float(np.median(detail[flat]) / _MAD_NORMAL)
 
 
-def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, slice, slice]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
-    return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2]))
-
-
 def _skimage_nlm(array: npt.NDArray[np.float32], options: NlmOptions, sigma: float) -> npt.NDArray[np.float32]:
     from skimage.restoration import denoise_nl_means
 
@@ -182,7 +176,7 @@ def nlm(image: Image, *, mask: LabelImage | None = None, options: NlmOptions | N
     """
     options = options or NlmOptions()
     region = _region(image, mask)
-    box = _bounding_box(region, options.patch_size + options.search_distance)
+    box = bounding_box(region, options.patch_size + options.search_distance)
     array = image.array.astype(np.float32)
     shift = np.eye(4)
     shift[:3, 3] = [b.start for b in box]

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
+from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
 from mriquant.segment.base import Segmentation
 
@@ -120,9 +121,11 @@ class Region:
         where = mask.array > 0 if mask is not None else np.isfinite(image.array) & (image.array != 0)
         n = int(np.count_nonzero(where))
         if n < MIN_VOXELS:
-            raise InputError(f"Expected at least {MIN_VOXELS} voxels in the brain mask, found {n} in {source}; "
-                             "check the mask (or pass one when the image is not skull-stripped).")
-        box = _bounding_box(where)
+            raise InputError(
+                f"Expected at least {MIN_VOXELS} voxels in the brain mask, found {n} in {source}; "
+                "check the mask (or pass one when the image is not skull-stripped)."
+            )
+        box = bounding_box(where, 1)
         inside = np.ascontiguousarray(where[box])
         values = np.asarray(image.array[box][inside], dtype=np.float32)
         _check_values(values, str(source))
@@ -147,25 +150,19 @@ class Region:
         return axes[0], axes[1], axes[2]
 
 
-def _bounding_box(where: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice]:
-    """Bounding box of ``where`` with one voxel of margin (clipped to the array)."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(where, axis=other))
-        box.append(slice(max(int(hits[0]) - 1, 0), min(int(hits[-1]) + 2, where.shape[axis])))
-    return box[0], box[1], box[2]
-
-
 def _check_values(values: F32, source: str) -> None:
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
-        raise InputError(f"Expected finite intensities inside the brain mask, found {bad} NaN/inf voxels in "
-                         f"{source}; fix or mask them first.")
+        raise InputError(
+            f"Expected finite intensities inside the brain mask, found {bad} NaN/inf voxels in "
+            f"{source}; fix or mask them first."
+        )
     lo, hi = float(values.min()), float(values.max())
     if hi - lo <= 1e-6 * max(abs(lo), abs(hi), 1e-30):
-        raise InputError(f"Expected varying intensities inside the brain mask, found a constant value {lo:g} "
-                         f"over {values.size} voxels in {source}; check the image and the mask.")
+        raise InputError(
+            f"Expected varying intensities inside the brain mask, found a constant value {lo:g} "
+            f"over {values.size} voxels in {source}; check the image and the mask."
+        )
 
 
 @dataclass(frozen=True)
@@ -324,8 +321,11 @@ def assemble(
     }
     extra_images = {key: image.with_array(_full(image, region, arr), kind=key) for key, arr in (extras or {}).items()}
     counts = np.bincount(labels, minlength=4)[1:]
-    info = {**info, "voxels": region.n, "volume_fraction": {n: float(c) / region.n for n, c in zip(TISSUES, counts,
-                                                                                                   strict=True)}}
+    info = {
+        **info,
+        "voxels": region.n,
+        "volume_fraction": {n: float(c) / region.n for n, c in zip(TISSUES, counts, strict=True)},
+    }
     return Segmentation(tissue=tissue, probabilities=prob_images, extras=extra_images, info=info)
 
 
@@ -410,6 +410,7 @@ class Affine3:
 
 def _initial_affine(subject: Image, template: Image) -> Affine3:
     """Centre-of-mass translation and the isotropic scale that matches the brain volumes."""
+
     def centre(image: Image) -> F64:
         ijk = np.asarray(ndimage.center_of_mass(image.array), np.float64)
         return np.asarray(image.affine[:3, :3] @ ijk + image.affine[:3, 3], np.float64)
@@ -420,8 +421,9 @@ def _initial_affine(subject: Image, template: Image) -> Affine3:
     return Affine3(matrix, centre(template) - matrix @ centre(subject))
 
 
-def _lm_step(fixed: F64, points: F64, moving: Image, grads: tuple[F64, F64, F64], tx: Affine3,
-             damping: float) -> tuple[Affine3, float]:
+def _lm_step(
+    fixed: F64, points: F64, moving: Image, grads: tuple[F64, F64, F64], tx: Affine3, damping: float
+) -> tuple[Affine3, float]:
     """One damped Gauss-Newton step of the sum of squared differences; returns the proposal and the current cost."""
     centre = points.mean(axis=0)
     unit = (points - centre) / 50.0
@@ -486,8 +488,15 @@ def mask_registered_priors(subject: Image, inside: npt.NDArray[np.bool_]) -> dic
     out = {}
     for key in ("gm", "wm"):
         mapping = np.linalg.inv(maps[key].affine) @ world @ subject.affine  # subject voxel -> template voxel
-        warped = ndimage.affine_transform(maps[key].array, mapping[:3, :3], offset=mapping[:3, 3],
-                                          output_shape=subject.shape, order=1, mode="constant", cval=0.0,
-                                          output=np.float32)
+        warped = ndimage.affine_transform(
+            maps[key].array,
+            mapping[:3, :3],
+            offset=mapping[:3, 3],
+            output_shape=subject.shape,
+            order=1,
+            mode="constant",
+            cval=0.0,
+            output=np.float32,
+        )
         out[key.upper()] = np.clip(warped[inside], 0.0, 1.0)
     return out
