@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -363,3 +364,14 @@ def test_brainweb_thinning_at_3mm() -> None:
     result = lg.measure_change(baseline, followup, options=_FAST)
     assert result.pbvc_percent < 0
     assert result.pbvc_percent == pytest.approx(truth, abs=max(0.5, 0.3 * abs(truth)))
+
+
+def test_cli_pbvc_choices_are_the_library_methods() -> None:
+    """The command line offers exactly the PBVC methods the library knows, with the options' default."""
+    from mriquant.cli import _build_parser
+
+    parser = _build_parser(["longitudinal"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["longitudinal"]
+    action = next(a for a in sub._actions if a.dest == "pbvc_method")
+    assert set(action.choices or ()) == set(lg.PBVC_METHODS)
+    assert action.default == lg.LongitudinalOptions().pbvc_method

@@ -206,10 +206,11 @@ class ChangeResult:
         Jacobian determinant on the halfway grid.
     halfway : HalfwaySpace
         The halfway images.
+    pbvc_method : str
+        How ``pbvc_percent`` was measured (one of :data:`PBVC_METHODS`' values; required, so a result never
+        names a method it did not use).
     warnings : list of str
         Reasons to doubt the numbers.
-    pbvc_method : str
-        How ``pbvc_percent`` was measured (one of :data:`PBVC_METHODS`' values).
 
     """
 
@@ -219,8 +220,8 @@ class ChangeResult:
     registration: dict[str, Any]
     jacobian: Image
     halfway: HalfwaySpace
+    pbvc_method: str
     warnings: list[str] = field(default_factory=list)
-    pbvc_method: str = PBVC_METHODS["jacobian"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -609,8 +610,8 @@ def measure_change(
         }  # fmt: skip
     tissue_ml = float(weight.sum()) * space.baseline.voxel_volume_ml
     pbvc = pbvc_jacobian if edge is None else edge.pbvc_percent
-    return ChangeResult(pbvc, tissue_ml, structures, registration, jacobian, space, _warnings(registration),
-                        pbvc_method=PBVC_METHODS[options.pbvc_method])  # fmt: skip
+    return ChangeResult(pbvc, tissue_ml, structures, registration, jacobian, space,
+                        pbvc_method=PBVC_METHODS[options.pbvc_method], warnings=_warnings(registration))  # fmt: skip
 
 
 def edge_boundary_shift(
