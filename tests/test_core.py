@@ -111,6 +111,20 @@ def test_resample_fills_beyond_half_a_voxel_outside() -> None:
         assert lab.array[-1 if shift > 0 else 0, 1, 1] == (0 if edge < 0 else edge)
 
 
+def test_border_contact_names_anatomical_sides() -> None:
+    from mriquant.core.geometry import border_contact_mm2, describe_contact
+
+    affine = np.array([[-2.0, 0, 0, 0], [0, 0, 3.0, 0], [0, -1.5, 0, 0], [0, 0, 0, 1]])  # LIA: 2 x 1.5 x 3 mm
+    mask = np.zeros((10, 12, 8), np.uint8)
+    mask[3:6, 4:7, 2:5] = 1
+    assert border_contact_mm2(LabelImage(mask, affine)) == {}
+    mask[-1, 4:7, 2:5] = 1  # 9 voxels on the last face of axis 0 (pointing left): 1.5 x 3 mm each
+    mask[2:4, 0, 2:5] = 1  # 6 voxels on the first face of axis 1 (pointing inferior): the superior side
+    contact = border_contact_mm2(LabelImage(mask, affine))
+    assert contact == pytest.approx({"left": 9 * 4.5, "superior": 6 * 6.0})
+    assert describe_contact(contact) == "left (0.4 cm²), superior (0.4 cm²)"
+
+
 def test_isotropic_grid_covers_field_of_view() -> None:
     img = _img((10, 10, 4), np.diag([1.0, 1.0, 5.0, 1.0]))
     shape, aff = isotropic_grid(img, 1.0)

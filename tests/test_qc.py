@@ -147,6 +147,25 @@ def test_volume_out_of_range(phantom: Phantom) -> None:
     assert ("volume_out_of_range", "error", 1) in _codes(_qc(phantom, brain_mask=small))
 
 
+def test_brain_cut_by_the_field_of_view_is_flagged(phantom: Phantom) -> None:
+    from mriquant.core.geometry import reorient
+
+    assert _qc(phantom)["metrics"]["brain_mask_border_mm2"] == 0.0
+    ras = reorient(phantom.image, "RAS")
+    top = int(np.argwhere(reorient(phantom.brain_mask, "RAS").array > 0)[:, 2].max())
+    cut = slice(0, top - 4)  # the scan ends 4 voxels below the top of the brain
+    image = Image(ras.array[:, :, cut], ras.affine.copy())
+    mask = LabelImage(reorient(phantom.brain_mask, "RAS").array[:, :, cut], ras.affine.copy())
+    qc = quality_control(image, brain_mask=mask)
+    flags = [f for f in qc["flags"] if f["code"] == "fov_cut"]
+    area = np.count_nonzero(mask.array[:, :, -1]) * float(np.prod(mask.spacing[:2]))
+    assert qc["metrics"]["brain_mask_border_mm2"] == pytest.approx(area, rel=1e-4) and area > 100.0
+    assert len(flags) == 1 and flags[0]["severity"] == "warning"
+    assert f"superior ({area / 100:.1f} cm²)" in flags[0]["message"] and "partial" in flags[0]["message"]
+    lenient = quality_control(image, brain_mask=mask, thresholds=QCThresholds(fov_cut_mm2=area + 1.0))
+    assert "fov_cut" not in {f["code"] for f in lenient["flags"]}
+
+
 def test_missing_structures(phantom: Phantom) -> None:
     arr = phantom.structures.array.copy()
     arr[arr == 11] = 0  # left caudate gone

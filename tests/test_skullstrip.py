@@ -178,6 +178,24 @@ def test_head_library_reads_one_atlas_and_refuses_a_bad_file(tmp_path: Path) -> 
         load_head_atlases(str(tmp_path / "missing.npz"))
 
 
+def test_a_brain_cut_by_the_field_of_view_gets_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mriquant.preprocess.skullstrip_atlas as skullstrip_atlas
+    from mriquant.core.geometry import reorient
+
+    ph = make_phantom(contrast="T1", spacing=(2.0, 2.0, 2.0), seed=4)
+    whole = reorient(ph.image, "RAS")
+    brain = reorient(ph.brain_mask, "RAS").array > 0
+    top = int(np.argwhere(brain)[:, 2].max())
+    image = Image(whole.array[:, :, : top - 3].copy(), whole.affine.copy())  # the scan stops below the vertex
+    truth = image.with_array(brain[:, :, : top - 3].astype(np.float32))
+    monkeypatch.setattr(skullstrip_atlas, "atlas_brain_probability", lambda *a, **k: (truth, {}))
+    result = skullstrip(image, options=SkullStripOptions(refine=False))
+    assert any("edge of the field of view (superior" in note for note in result.notes)
+    whole_truth = whole.with_array(brain.astype(np.float32))
+    monkeypatch.setattr(skullstrip_atlas, "atlas_brain_probability", lambda *a, **k: (whole_truth, {}))
+    assert skullstrip(whole, options=SkullStripOptions(refine=False)).notes == []
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(InputError, match="method"):
         SkullStripOptions(method="bet")  # type: ignore[arg-type]

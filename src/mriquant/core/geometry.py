@@ -165,3 +165,37 @@ def bounding_box(mask: npt.NDArray[np.bool_], margin: int | tuple[int, int, int]
         slice(max(box[1].start - margins[1], 0), min(box[1].stop + margins[1], mask.shape[1])),
         slice(max(box[2].start - margins[2], 0), min(box[2].stop + margins[2], mask.shape[2])),
     )
+
+
+#: Mask area on a grid's faces (mm²) from which the field of view counts as cutting the brain: 1 cm², so a few
+#: stray voxels on an edge are not a cut (QC's ``fov_cut`` flag, the skull strip's note).
+FOV_CUT_MM2 = 100.0
+#: Anatomical side each orientation letter points to (the high-index face of an axis coded with that letter).
+_SIDE = {"R": "right", "L": "left", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
+_OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def border_contact_mm2(mask: Image) -> dict[str, float]:
+    """Area (mm²) of ``mask``'s non-zero voxels on each face of its grid, keyed by anatomical side.
+
+    A brain mask that reaches the edge of the field of view has been cut by it: its volumes are partial.
+    Only sides with contact are returned (``{}`` for a mask inside the grid). The side follows the grid's
+    orientation, e.g. on an LIA grid the last voxel along the first axis is on the ``"left"``.
+    """
+    inside = mask.array != 0
+    codes = orientation_of(mask.affine)
+    spacing = mask.spacing
+    out: dict[str, float] = {}
+    for axis, code in enumerate(codes):  # a loop over the 3 axes, each face summed at once
+        face_mm2 = float(np.prod([s for a, s in enumerate(spacing) if a != axis]))
+        low = int(np.count_nonzero(np.take(inside, 0, axis=axis)))
+        high = int(np.count_nonzero(np.take(inside, -1, axis=axis)))
+        for letter, count in ((_OPPOSITE[code], low), (code, high)):
+            if count:
+                out[_SIDE[letter]] = out.get(_SIDE[letter], 0.0) + count * face_mm2
+    return out
+
+
+def describe_contact(contact: dict[str, float]) -> str:
+    """``border_contact_mm2``'s result in words, e.g. ``"inferior (3.1 cm²), superior (12.0 cm²)"``."""
+    return ", ".join(f"{side} ({area / 100.0:.1f} cm²)" for side, area in sorted(contact.items()))

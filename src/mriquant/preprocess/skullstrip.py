@@ -41,7 +41,13 @@ from scipy import ndimage
 
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
-from mriquant.core.geometry import isotropic_grid, resample_to
+from mriquant.core.geometry import (
+    FOV_CUT_MM2,
+    border_contact_mm2,
+    describe_contact,
+    isotropic_grid,
+    resample_to,
+)
 from mriquant.core.image import Image, LabelImage
 from mriquant.preprocess.brain_boundary import largest_filled, refine_boundary
 
@@ -340,6 +346,15 @@ def _border_fraction(mask: npt.NDArray[np.bool_]) -> float:
     return float(sum(f.sum() for f in faces)) / float(sum(f.size for f in faces))
 
 
+def _cut_note(mask: npt.NDArray[np.bool_], image: Image) -> list[str]:
+    """A note when the mask reaches the edge of the field of view (the scan cuts the brain), else nothing."""
+    contact = border_contact_mm2(Image(mask.astype(np.float32), image.affine))
+    if sum(contact.values()) < FOV_CUT_MM2:
+        return []
+    return [f"brain mask reaches the edge of the field of view ({describe_contact(contact)}): the scan cuts the "
+            "brain, so its volumes are partial"]  # fmt: skip
+
+
 # --------------------------------------------------------------------------- already stripped
 
 
@@ -496,6 +511,7 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         probability, source = probability.with_array(refined), "brain probability (outline re-decided)"
     volume = _check_brain(mask, image, opts)
     notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
+    notes += _cut_note(mask, image)
     out = LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "source": "brain_mask"})
     prob = probability.with_array(probability.array, source=source) if opts.keep_probability else None
     return SkullStripResult(out, prob, False, notes, volume)

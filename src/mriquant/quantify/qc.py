@@ -9,7 +9,8 @@
     ``{"code", "severity", "message"}`` (plus ``"label"`` for one structure), severity ``"info"``,
     ``"warning"`` or ``"error"``. Codes: ``volume_out_of_range``, ``fragmented``, ``left_right_swap``,
     ``missing_structure``, ``low_snr``, ``low_cnr``, ``registration_quality``, ``low_confidence``,
-    ``empty_mask`` and ``not_checked`` (info: a check needs an input that was not given).
+    ``empty_mask``, ``fov_cut`` (the brain mask reaches the edge of the field of view: volumes are partial)
+    and ``not_checked`` (info: a check needs an input that was not given).
 ``structures``
     Per label name, ``{"label", "confidence"}``: the mean over the label's voxels of the largest
     posterior at each voxel, when posteriors are given.
@@ -46,6 +47,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mriquant.core.errors import InputError
+from mriquant.core.geometry import FOV_CUT_MM2, border_contact_mm2, describe_contact
 from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import BILATERAL_PAIRS, TISSUES, LabelTable, freesurfer
 from mriquant.quantify.shape import structure_layout
@@ -100,6 +102,9 @@ class QCThresholds:
         Fewest air voxels for the background noise estimate.
     head_margin_mm : float
         Air starts this far outside the thresholded head (keeps ghosts and partial volume out).
+    fov_cut_mm2 : float
+        Brain-mask area on the image's faces (mm²) from which the field of view counts as cutting the brain
+        (:data:`mriquant.core.geometry.FOV_CUT_MM2`, 1 cm²: a few stray voxels on an edge are not a cut).
 
     """
 
@@ -120,6 +125,7 @@ class QCThresholds:
     expected_structures: tuple[int, ...] = (2, 3, 4, 10, 11, 12, 41, 42, 43, 49, 50, 51)
     min_background_voxels: int = 1000
     head_margin_mm: float = 10.0
+    fov_cut_mm2: float = FOV_CUT_MM2
 
 
 @dataclass(frozen=True)
@@ -221,7 +227,7 @@ def quality_control(
     dict
         ``{"metrics": {...}, "flags": [...], "structures": {...}}``. Metrics: ``snr``, ``snr_method``,
         ``noise_sd``, ``background_voxels``, ``wm_mean``, ``gm_mean``, ``cnr_gm_wm``,
-        ``brain_volume_ml``, ``tissue_volumes_ml`` ({"CSF", "GM", "WM"}), ``parenchyma_ml``,
+        ``brain_volume_ml``, ``brain_mask_border_mm2``, ``tissue_volumes_ml`` ({"CSF", "GM", "WM"}), ``parenchyma_ml``,
         ``registration`` and ``reasons`` (metric -> why it is None). See the module docstring.
 
     Raises
@@ -446,6 +452,7 @@ def _volume_checks(
         if volume == 0:
             report.flag("empty_mask", "error", "The brain mask is empty: skull stripping failed.")
         _range_checks(report, "brain_mask", {1: volume}, limits)
+        _fov_check(report, brain_mask, limits)
     if tissue is None:
         report.undefined("tissue_volumes_ml", "no tissue map given")
         report.undefined("parenchyma_ml", "no tissue map given")
@@ -455,6 +462,16 @@ def _volume_checks(
         counts = _counts(dseg)
         volumes = {label: float(n) * dseg.voxel_volume_ml for label, n in enumerate(counts) if n and label}
         _range_checks(report, "freesurfer", volumes, limits)
+
+
+def _fov_check(report: _Report, brain_mask: LabelImage, limits: QCThresholds) -> None:
+    contact = border_contact_mm2(brain_mask)
+    total = sum(contact.values())
+    report.metrics["brain_mask_border_mm2"] = _round(total, 1)
+    if total >= limits.fov_cut_mm2:
+        report.flag("fov_cut", "warning", "The brain mask reaches the edge of the field of view: "
+                    f"{describe_contact(contact)}; the scan does not cover the whole brain, so brain and tissue "
+                    "volumes are partial.")  # fmt: skip
 
 
 def _tissue_volumes(report: _Report, tissue: LabelImage, limits: QCThresholds) -> None:
