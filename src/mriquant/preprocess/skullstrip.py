@@ -294,13 +294,20 @@ def _check_values(image: Image) -> None:
 MIN_NEIGHBOUR_CORRELATION = 0.3
 
 
-def neighbour_correlation(data: npt.NDArray[Any]) -> float:
-    """Mean correlation of each voxel with its next neighbour along the three axes (on every second voxel)."""
+def neighbour_correlation(data: npt.NDArray[Any], max_pairs: int = 400_000) -> float:
+    """Mean correlation of each voxel with its next neighbour along the three axes.
+
+    Pairs are taken on every ``step``-th voxel of each axis, ``step`` the smallest even number that keeps
+    them below ``max_pairs`` per axis (every second voxel up to 3.2 M voxels; every fourth on a 1 mm head).
+    """
+    step = 2
+    while data.size / step**3 > max_pairs:
+        step += 2
     values = []
-    for axis in range(3):
-        lo = [slice(None, None, 2)] * 3
-        hi = [slice(None, None, 2)] * 3
-        lo[axis], hi[axis] = slice(0, -1, 2), slice(1, None, 2)
+    for axis in range(3):  # a loop over the 3 axes, each vectorised
+        lo = [slice(None, None, step)] * 3
+        hi = [slice(None, None, step)] * 3
+        lo[axis], hi[axis] = slice(0, -1, step), slice(1, None, step)
         a, b = data[tuple(lo)].ravel().astype(np.float64), data[tuple(hi)].ravel().astype(np.float64)
         n = min(a.size, b.size)
         if n > 1 and a[:n].std() > 0 and b[:n].std() > 0:
