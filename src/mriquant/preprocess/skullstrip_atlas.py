@@ -72,7 +72,7 @@ BRAIN_MARGIN_MM = 12.0
 
 @dataclass(frozen=True)
 class HeadAtlases:
-    """The head-atlas library: simulated heads, their class and brain fractions, each on its own 2 mm grid.
+    """The head-atlas library: simulated heads with their class and brain fractions, 2 mm, padded to one shape.
 
     The file keeps every atlas under its own keys (``image{i}``, ``brain{i}``, ``fractions{i}``,
     ``affine{i}``), so an atlas is decompressed only when first used (the default strip uses one of three).
