@@ -47,6 +47,7 @@ from scipy import ndimage
 from mriquant.core.errors import InputError
 from mriquant.core.geometry import Box, bounding_box, world_to_voxel
 from mriquant.core.image import Image, LabelImage
+from mriquant.preprocess.brain_boundary import largest_filled
 
 Contrast = Literal["T1", "T2"]
 Vec3 = tuple[float, float, float]
@@ -186,11 +187,9 @@ def brain_or_foreground(image: Image, mask: LabelImage | None) -> BoolArray:
     values = np.asarray(image.array, dtype=np.float32)
     high = float(np.percentile(values[values > 0], 99.0)) if np.any(values > 0) else 0.0
     fg = values > FOREGROUND_FRACTION * high
-    labels, count = ndimage.label(fg, structure=FACE)
-    if count == 0:
+    if not np.any(fg):
         raise InputError(f"Expected an image with a foreground, found none in {image.meta.get('source', 'image')}.")
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    return np.asarray(ndimage.binary_fill_holes(labels == largest))
+    return largest_filled(fg)
 
 
 def box_affine(affine: npt.NDArray[np.float64], box: Box) -> npt.NDArray[np.float64]:
