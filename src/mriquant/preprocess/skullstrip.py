@@ -353,9 +353,9 @@ def _border_fraction(mask: npt.NDArray[np.bool_]) -> float:
     return float(sum(f.sum() for f in faces)) / float(sum(f.size for f in faces))
 
 
-def _cut_note(mask: npt.NDArray[np.bool_], image: Image) -> list[str]:
+def _cut_note(mask: LabelImage) -> list[str]:
     """A note when the mask reaches the edge of the field of view (the scan cuts the brain), else nothing."""
-    contact = border_contact_mm2(Image(mask.astype(np.float32), image.affine))
+    contact = border_contact_mm2(mask)
     if sum(contact.values()) < FOV_CUT_MM2:
         return []
     return [f"brain mask reaches the edge of the field of view ({describe_contact(contact)}): the scan cuts the "
@@ -517,9 +517,9 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
         mask, refined = refine_boundary(image.array, mask, image.spacing)
         probability, source = probability.with_array(refined), "brain probability (outline re-decided)"
     volume = _check_brain(mask, image, opts)
-    notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
-    notes += _cut_note(mask, image)
     out = LabelImage(mask.astype(np.uint8), image.affine.copy(), {**image.meta, "source": "brain_mask"})
+    notes = ["field of view larger than the working grid: cropped around the top of the head"] if cropped else []
+    notes += _cut_note(out)
     prob = probability.with_array(probability.array, source=source) if opts.keep_probability else None
     return SkullStripResult(out, prob, False, notes, volume)
 
