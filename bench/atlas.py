@@ -74,7 +74,7 @@ def _segment(method: str, subject: str, library: str, tx_dir: Path, jlf: int) ->
 def _jlf(subject: str, image: Any, mask: Any, n: int) -> np.ndarray:
     import ants
 
-    from mriquant.preprocess.bias import to_ants
+    from mriquant.core.ants_bridge import to_ants
 
     mapping = load_map("miccai2012-to-freesurfer")
     others = [s for s in SUBJECTS if s != subject][:n]

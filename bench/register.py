@@ -144,7 +144,7 @@ def worker_peer(data: Path, ids: list[str]) -> dict[str, Any]:
     """Direct subject-to-subject ``ants.registration(type_of_transform="SyN")`` with ANTsPy defaults."""
     import ants
 
-    from mriquant.preprocess.bias import to_ants
+    from mriquant.core.ants_bridge import to_ants
 
     aseg = load_aseg_map()
     runs: list[dict[str, Any]] = []

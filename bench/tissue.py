@@ -109,7 +109,7 @@ def run_ours(spec: str, case: Case) -> np.ndarray:
 def run_atropos(spec: str, case: Case) -> np.ndarray:
     import ants
 
-    from mriquant.preprocess.bias import to_ants
+    from mriquant.core.ants_bridge import to_ants
 
     _, options = parse_method(spec)
     array = case.image.array.astype(np.float32)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from mriquant.core.ants_bridge import ants_affine, from_ants, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError, MriquantError
 from mriquant.core.image import Image, LabelImage
-from mriquant.preprocess.bias import N4Result, ants_affine, foreground_mask, from_ants, n4, n4_step, to_ants
+from mriquant.preprocess.bias import N4Result, foreground_mask, n4, n4_step
 from mriquant.preprocess.denoise import NlmOptions, denoise_step, estimate_noise_sigma, nlm
 from mriquant.testing import make_phantom
 

@@ -142,7 +142,7 @@ def test_class_intensities_use_each_class_eroded_by_one_voxel() -> None:
 
 def test_fixed_image_is_on_the_grid_ants_would_resample_to() -> None:
     """The 2 mm fixed image: same origin, axes, size and values as ANTs' own resampling, in any orientation."""
-    from mriquant.preprocess.bias import to_ants
+    from mriquant.core.ants_bridge import to_ants
     from mriquant.preprocess.skullstrip import _smooth_to
     from mriquant.preprocess.skullstrip_atlas import _smooth_fixed
 

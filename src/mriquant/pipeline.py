@@ -292,6 +292,7 @@ def _segmenters(config: RunConfig) -> list[Any]:
 def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], None] | None = None) -> Case:
     """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``."""
     from mriquant.segment import segment_step
+    from mriquant.segment.reconcile import reconcile_step
 
     if not config.structures:  # also when RunConfig(structures=False) was built directly
         config = config.without_structures()
@@ -309,7 +310,7 @@ def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], Non
         case = segment_step(case, segmenter)
     if not config.structures:
         case.labels.pop("dseg", None)
-    return case
+    return reconcile_step(case)
 
 
 def quantify_case(case: Case) -> dict[str, Any]:

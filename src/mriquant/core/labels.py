@@ -133,3 +133,20 @@ BILATERAL_PAIRS = (
 def tables() -> dict[str, LabelTable]:
     """Return every label table by name."""
     return {"tissues": TISSUES, "freesurfer": freesurfer()}
+
+
+#: The tissue class (1 CSF, 2 GM, 3 WM) that each FreeSurfer structure's volume measures. Subcortical
+#: nuclei are grey matter whatever their T1 intensity (the pallidum is as bright as white matter on a T1),
+#: as FreeSurfer counts them; the brain stem is counted as white matter. Ids not listed (vessels, choroid
+#: plexus, hypointensities, optic chiasm) belong to no class.
+STRUCTURE_TISSUE: dict[int, int] = {
+    **dict.fromkeys((4, 43, 5, 44, 14, 15, 24, 72), 1),
+    **dict.fromkeys((3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60, 172), 2),
+    **dict.fromkeys((2, 41, 7, 46, 16), 3),
+}
+
+#: Cortex id -> the white-matter id of the same hemisphere and compartment (cerebrum, cerebellum).
+CORTEX_WHITE_MATTER: dict[int, int] = {3: 2, 42: 41, 8: 7, 47: 46}
+
+#: Grey-matter structures that are nuclei (not cortex): anatomy, not intensity, makes them grey matter.
+SUBCORTICAL_NUCLEI = (10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60)

@@ -1,4 +1,4 @@
-"""N4 bias-field correction with ANTs (ANTsPy), and the Image <-> ANTs image bridge.
+"""N4 bias-field correction with ANTs (ANTsPy).
 
 N4 (Tustison et al. 2010) models the scan as ``observed = true * field`` with a smooth
 multiplicative ``field`` (a cubic B-spline in the log domain) and sharpens the log-intensity
@@ -6,8 +6,7 @@ histogram iteratively. We run ANTs' reference implementation (``ants.n4_bias_fie
 fit the field inside a mask (given, or a rough head mask from :func:`foreground_mask`) and divide
 it out of every voxel in the native grid ourselves.
 
-ANTs images live in LPS+ physical space while mriquant affines are RAS+, so :func:`to_ants` and
-:func:`from_ants` negate the first two rows of the affine on the way in and out.
+Images cross to ANTs through :mod:`mriquant.core.ants_bridge` (LPS+ conversion, ITK threads).
 """
 
 from __future__ import annotations
@@ -19,21 +18,18 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from mriquant.core.ants_bridge import ants_module, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.image import Image, LabelImage
 
 if TYPE_CHECKING:
-    import ants
+    pass
 
-__all__ = ["N4Options", "N4Result", "ants_affine", "foreground_mask", "from_ants", "n4", "n4_step", "to_ants"]
+__all__ = ["N4Options", "N4Result", "foreground_mask", "n4", "n4_step"]
 
-#: RAS+ <-> LPS+ flip (its own inverse).
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Fewest voxels a fit mask must hold (a 3 mm brain has ~50 000).
 MIN_FIT_VOXELS = 1000
-#: Affines closer than this (mm) to ``like``'s are snapped to it by :func:`from_ants`.
-_SNAP_ATOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -75,75 +71,6 @@ class N4Result:
 
     corrected: Image
     field: Image | None
-
-
-# --------------------------------------------------------------------------- ANTs bridge
-
-
-def to_ants(image: Image) -> ants.ANTsImage:
-    """Convert an :class:`Image` to a float32 ``ants.ANTsImage`` in LPS+ physical space.
-
-    Parameters
-    ----------
-    image : Image
-        Array ``(I, J, K)`` and voxel->RAS+ affine in mm.
-
-    Returns
-    -------
-    ants.ANTsImage
-        Same voxel order (ANTs index ``(i, j, k)`` is array index ``(i, j, k)``); origin, spacing
-        (mm) and direction cosines in LPS+.
-
-    Examples
-    --------
-    >>> ants_img = to_ants(Image(np.zeros((4, 5, 6), np.float32), np.eye(4)))  # doctest: +SKIP
-    >>> ants_img.origin  # doctest: +SKIP
-    (-0.0, -0.0, 0.0)
-
-    """
-    import ants
-
-    lps = _LPS @ image.affine
-    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
-    direction = lps[:3, :3] / spacing
-    array = np.ascontiguousarray(image.array, dtype=np.float32)
-    return ants.from_numpy(
-        array, origin=tuple(map(float, lps[:3, 3])), spacing=tuple(map(float, spacing)), direction=direction
-    )
-
-
-def ants_affine(ants_img: ants.ANTsImage) -> npt.NDArray[np.float64]:
-    """Return the 4x4 voxel->RAS+ affine (mm) of an ``ants.ANTsImage``."""
-    lps = np.eye(4)
-    direction = np.asarray(ants_img.direction, dtype=np.float64).reshape(3, 3)
-    lps[:3, :3] = direction * np.asarray(ants_img.spacing, dtype=np.float64)
-    lps[:3, 3] = np.asarray(ants_img.origin, dtype=np.float64)
-    return np.asarray(_LPS @ lps, dtype=np.float64)
-
-
-def from_ants(ants_img: ants.ANTsImage, like: Image) -> Image:
-    """Convert an ``ants.ANTsImage`` back to an image of ``like``'s type and metadata.
-
-    Parameters
-    ----------
-    ants_img : ants.ANTsImage
-        A 3D scalar ANTs image.
-    like : Image
-        Supplies the type (Image or LabelImage) and metadata. When ``ants_img`` lies on
-        ``like``'s grid (within 1e-6 mm) the result carries ``like``'s affine exactly, so
-        conversions never drift.
-
-    Returns
-    -------
-    Image
-        Array ``(I, J, K)`` and the RAS+ affine of ``ants_img``.
-
-    """
-    array = ants_img.numpy()
-    affine = ants_affine(ants_img)
-    if tuple(array.shape) == like.shape and np.allclose(affine, like.affine, rtol=0.0, atol=_SNAP_ATOL):
-        affine = like.affine.copy()
-    return type(like)(array, affine, dict(like.meta))
 
 
 # --------------------------------------------------------------------------- masks
@@ -273,7 +200,7 @@ def _ants_n4_field(image: Image, fit: npt.NDArray[np.bool_], options: N4Options)
     copies in memory doing so; the field (smooth over tens of mm) is interpolated linearly in
     the log domain here instead, from the subsampled grid (error < 1e-3).
     """
-    import ants
+    ants = ants_module()
 
     small, small_fit, start = _shrink(image, fit, options.shrink)
     field = ants.n4_bias_field_correction(

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from mriquant.core.ants_bridge import ants_module, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.geometry import bounding_box
@@ -114,9 +115,8 @@ def _skimage_nlm(array: npt.NDArray[np.float32], options: NlmOptions, sigma: flo
 
 
 def _ants_nlm(crop: Image, region: npt.NDArray[np.bool_], options: NlmOptions) -> npt.NDArray[np.float32]:
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.bias import to_ants
 
     out = ants.denoise_image(
         to_ants(crop),

@@ -21,22 +21,15 @@ How :func:`register_to_mni` works (the ordering matters):
 4. The result is checked (:func:`registration_quality` and the affine's scale factors);
    a failed registration raises :class:`RegistrationError`.
 
-Determinism: every ``ants.registration`` call gets ANTs' ``--random-seed``
-(``options.seed``). ANTsPy 0.6.3 has no ``random_seed`` argument (extra keyword arguments
-are silently ignored); its only hook is the module attribute ``ants.config._random_seed``,
-which :func:`_ants_seed` sets for the duration of a call and restores afterwards. With the
-seed fixed, runs are bit-identical only with one ITK thread: ITK splits the metric's sums
-across threads in a varying order, and with 2 threads repeated runs differed by up to
-0.1-0.3 mm (measured on MICCAI 2012 subject 1000). ANTsPy offers no thread-count argument:
-ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` from the environment when it first
-starts threads. This module never writes ``os.environ`` (``ants.set_ants_deterministic``
-would); a command line or batch script that needs bit-identical results sets
-``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1`` before starting Python. The value in effect is
-recorded in ``Transform.meta["itk_threads"]``.
+Determinism: every ``ants.registration`` call gets ANTs' ``--random-seed`` (``options.seed``,
+through :func:`mriquant.core.ants_bridge.ants_seed`), and ANTs runs with one ITK thread
+(:func:`mriquant.core.ants_bridge.ants_module`): with two threads the metric's partial sums meet
+in a varying order and repeated runs differed. The thread setting in effect is recorded in
+``Transform.meta["itk_threads"]``.
 
 Transform files follow the ANTs conventions: a list of ITK transforms applied, for a point
 of the reference grid, first entry first (``antsApplyTransforms -t A -t B`` maps a point
-``x`` to ``B(A(x))``). ANTs physical space is LPS; :func:`mriquant.preprocess.bias.to_ants`
+``x`` to ``B(A(x))``). ANTs physical space is LPS; :func:`mriquant.core.ants_bridge.to_ants`
 converts images, and :func:`_linear_matrix` flips the first two axes of ANTs matrices.
 """
 
@@ -44,13 +37,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -58,10 +49,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from mriquant.core.ants_bridge import ants_module, ants_seed, itk_threads, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.core.image import Image, LabelImage
-from mriquant.preprocess.bias import to_ants
 from mriquant.preprocess.template import downsample, mni_template, template_brain_mask
 
 __all__ = [
@@ -248,22 +239,9 @@ def _grid_image(grid: Grid) -> Any:
     return to_ants(Image(np.zeros(grid.shape, np.float32), grid.affine))
 
 
-@contextmanager
-def _ants_seed(seed: int) -> Iterator[None]:
-    """Make ``ants.registration`` pass ``--random-seed seed`` inside the block (ANTsPy 0.6.3 hook)."""
-    import ants.config
-
-    previous = ants.config._random_seed
-    ants.config._random_seed = int(seed)
-    try:
-        yield
-    finally:
-        ants.config._random_seed = previous
-
-
 def _linear_matrix(step: TransformFile) -> npt.NDArray[np.float64]:
     """4x4 RAS+ world-to-world matrix of an ITK linear transform file (point mapping, reference -> moving)."""
-    import ants
+    ants = ants_module()
 
     tx = ants.read_transform(str(step.path))
     corners = np.vstack([np.zeros(3), np.eye(3)])
@@ -487,7 +465,7 @@ def _apply_files(
     image: Image, target: Grid, steps: Sequence[TransformFile], method: str, fill: float
 ) -> npt.NDArray[Any]:
     """Run ``antsApplyTransforms`` and return the resampled array (int32 for labels)."""
-    import ants
+    ants = ants_module()
 
     warped = ants.apply_transforms(
         fixed=_grid_image(target),
@@ -611,7 +589,7 @@ def _fixed_image(template: Image | None, resolution_mm: float) -> tuple[Image, L
 
 def _ants_stage(fixed: Any, moving: Any, transform_type: str, prefix: Path, **kwargs: Any) -> dict[str, Any]:
     """One ``ants.registration`` call writing its files under ``prefix``."""
-    import ants
+    ants = ants_module()
 
     result: dict[str, Any] = ants.registration(
         fixed, moving, type_of_transform=transform_type, outprefix=str(prefix), verbose=False, **kwargs
@@ -645,7 +623,7 @@ def _initial_transform(fixed: Any, moving: Any, folder: Path, opts: Registration
     """
     if opts.init == "com":
         return None
-    import ants
+    ants = ants_module()
 
     coarse = [ants.resample_image(img, (SEARCH_MM,) * 3, False, 0) for img in (fixed, moving)]
     best = (-np.inf, "")
@@ -680,7 +658,7 @@ def _coarse_rigid(fixed: Any, moving: Any, angles: tuple[float, float, float], p
 
 def _rotated_start(fixed: Any, moving: Any, angles: tuple[float, float, float], path: Path) -> str:
     """Write an ITK rigid start: centres of mass aligned, then rotated by ``angles`` (degrees about x, y, z)."""
-    import ants
+    ants = ants_module()
 
     a, b, c = np.deg2rad(angles)
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
@@ -809,7 +787,7 @@ def register_to_mni(
     moving = _moving_image(image, mask, opts.resolution_mm)
     folder = _Folder()
     fixed_ants, moving_ants = to_ants(fixed), to_ants(moving)
-    with _ants_seed(opts.seed):
+    with ants_seed(opts.seed):
         affine = _linear_stage(fixed_ants, moving_ants, kind, folder.path, opts)
         warps = _syn_stage(fixed_ants, moving_ants, affine, folder.path, opts) if kind == "syn" else None
     transform = replace(_build(kind, grid, Grid.of(image), affine, warps), _folders=(folder,))
@@ -818,7 +796,7 @@ def register_to_mni(
         "quality": quality,
         "seconds": round(time.perf_counter() - started, 2),
         "options": asdict(opts),
-        "itk_threads": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "ITK default (all cores)"),
+        "itk_threads": itk_threads()["itk_threads"],
     }
     logger.info("registered to MNI (%s) in %.1f s, ncc %.3f", kind, meta["seconds"], quality["ncc"])
     return replace(transform, meta=meta)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mriquant.core.ants_bridge import ants_module, ants_seed, from_ants, to_ants
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 
@@ -150,7 +151,6 @@ def _smooth_fixed(image: Image, spacing_mm: float) -> Any:
     (0.05 vs 0.3 s on a 1 mm head).
     """
     from mriquant.core.geometry import resample_to
-    from mriquant.preprocess.bias import to_ants
     from mriquant.preprocess.skullstrip import _smooth_to
 
     native = np.asarray(image.spacing, dtype=np.float64)
@@ -191,12 +191,11 @@ def _class_intensities(fixed: Any, classes: Any, n_classes: int) -> npt.NDArray[
 
 def _refine(fixed: Any, moving: Any, affine: str, metric: str, seed: int, prefix: str) -> list[str]:
     """Coarse SyN (8 and 4 mm levels) from the affine; the forward transform list (warp, affine)."""
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.register import _ants_seed
 
     iterations, sampling = (CC_ITERATIONS, CC_RADIUS) if metric == "CC" else (MATTES_ITERATIONS, MATTES_BINS)
-    with _ants_seed(seed):
+    with ants_seed(seed):
         result = ants.registration(fixed, moving, type_of_transform="SyNOnly", initial_transform=affine,
                                    syn_metric=metric, syn_sampling=sampling, reg_iterations=iterations,
                                    outprefix=prefix + "syn_", verbose=False)  # fmt: skip
@@ -209,7 +208,7 @@ def _brain_box(fixed: Any, carried: Any, margin_mm: float = BRAIN_MARGIN_MM) -> 
     ``carried`` holds the atlas classes on ``fixed``'s grid; the brain is CSF, GM and WM. With nothing carried,
     or a box as large as the image, ``fixed`` itself is returned.
     """
-    import ants
+    ants = ants_module()
 
     from mriquant.core.geometry import bounding_box
 
@@ -229,14 +228,12 @@ def _register_atlas(
     fixed: Any, heads: HeadAtlases, i: int, deformable: bool, seed: int, prefix: str
 ) -> tuple[list[str], str]:
     """Register atlas ``i`` to the scan; the forward transforms (files under ``prefix``) and the path taken."""
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.bias import to_ants
-    from mriquant.preprocess.register import _ants_seed
 
     head, _ = heads.atlas(i)
     moving = to_ants(head)
-    with _ants_seed(seed):
+    with ants_seed(seed):
         linear = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes",
                                    aff_iterations=AFFINE_ITERATIONS, aff_shrink_factors=AFFINE_SHRINK,
                                    aff_smoothing_sigmas=AFFINE_SMOOTHING, outprefix=prefix + "affine_",
@@ -282,9 +279,8 @@ def atlas_brain_probability(
     info : dict
         Atlases used and seconds.
     """
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.bias import from_ants, to_ants
 
     heads = load_head_atlases(library)
     n = max(1, min(atlases, len(heads.names)))

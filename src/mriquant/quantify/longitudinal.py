@@ -59,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from mriquant.core.ants_bridge import ants_module, ants_seed, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
@@ -293,17 +294,16 @@ def rigid_register(
     Mattes mutual information (any pair of contrasts), centres of mass aligned first, three levels
     (shrink 4, 2, 1) on a ``options.rigid_resolution_mm`` grid.
     """
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.bias import to_ants
-    from mriquant.preprocess.register import TransformFile, _ants_seed, _linear_matrix
+    from mriquant.preprocess.register import TransformFile, _linear_matrix
 
     spacing = (options.rigid_resolution_mm,) * 3
     fixed, moving = (
         ants.resample_image(to_ants(_scaled(img, mask)), spacing, False, 0)
         for img, mask in ((baseline, baseline_mask), (followup, followup_mask))
     )
-    with tempfile.TemporaryDirectory(prefix="mriquant-long-") as tmp, _ants_seed(options.seed):
+    with tempfile.TemporaryDirectory(prefix="mriquant-long-") as tmp, ants_seed(options.seed):
         result = ants.registration(
             fixed, moving, type_of_transform="Rigid", outprefix=str(Path(tmp) / "rigid_"), verbose=False,
             aff_metric="mattes", aff_iterations=(100, 50, 20), aff_shrink_factors=(4, 2, 1),
@@ -426,16 +426,14 @@ def jacobian_determinant(space: HalfwaySpace, *, options: LongitudinalOptions | 
     between the two halfway images, both masked to the dilated union of the brain masks (so the skull
     does not drive the warp). ``J > 1`` where the follow-up is larger.
     """
-    import ants
+    ants = ants_module()
 
-    from mriquant.preprocess.bias import to_ants
-    from mriquant.preprocess.register import _ants_seed
 
     options = options or LongitudinalOptions()
     region = _registration_region(space)
     fixed, moving = (to_ants(img.with_array(np.where(region, img.array, 0).astype(np.float32)))
                      for img in (space.baseline, space.followup))  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="mriquant-long-") as tmp, _ants_seed(options.seed):
+    with tempfile.TemporaryDirectory(prefix="mriquant-long-") as tmp, ants_seed(options.seed):
         result = ants.registration(
             fixed, moving, type_of_transform="SyNOnly", outprefix=str(Path(tmp) / "syn_"), verbose=False,
             initial_transform="Identity", reg_iterations=options.syn_iterations, syn_metric="CC",

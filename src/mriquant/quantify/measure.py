@@ -5,7 +5,7 @@ The document (public contract, ``../shared/DESIGN.md``)::
     {"units": "mL", "etiv_ml": ..., "etiv_method": ..., "etiv_affine_ml": ...,
      "tissues": {"csf_ml", "gm_ml", "wm_ml", "parenchyma_ml", "brain_parenchymal_fraction", ...},
      "tissue_classes": [{label, name, volume_ml, volume_pv_ml, fraction_of_etiv, voxels}],
-     "totals": {"ventricles_ml", "parenchyma_ml"},
+     "totals": {"ventricles_ml", "parenchyma_ml", "grey_matter_structures_ml", "white_matter_structures_ml"},
      "structures": [{label, name, volume_ml, volume_pv_ml, fraction_of_etiv, voxels, confidence,
                      surface_area_mm2, sphericity, compactness, centroid_mm, principal_axes_mm, bbox_mm,
                      components, largest_component_fraction}],
@@ -30,6 +30,7 @@ from mriquant.quantify.volumes import (
     etiv_from_affine,
     intracranial_volume_ml,
     label_volumes,
+    structure_pv_volumes,
     structure_totals,
     tissue_totals,
 )
@@ -135,7 +136,9 @@ def measure(
     etiv = doc["etiv_ml"]
     doc.update(_tissue_section(case, etiv))
     if "dseg" in case.labels:
-        volumes = label_volumes(case.labels["dseg"], table=freesurfer(), etiv_ml=etiv)
+        probabilities = tissue_probabilities(case)
+        pv = structure_pv_volumes(case.labels["dseg"], probabilities) if probabilities else None
+        volumes = label_volumes(case.labels["dseg"], table=freesurfer(), pv_ml=pv, etiv_ml=etiv)
         doc["structures"] = _structure_rows(case, volumes, _confidence(case), shapes)
         doc["totals"] = structure_totals(case.labels["dseg"])
         doc["asymmetry"] = asymmetries(volumes)

@@ -75,11 +75,63 @@ def _pv_volume(probability: Image | None, voxel_ml: float) -> float | None:
     return float(np.sum(probability.array, dtype=np.float64) * voxel_ml)
 
 
+#: How far (in voxel diagonals of the grid) a tissue probability is credited to the nearest structure of its
+#: class: far enough for the partial-volume rim of a boundary, not so far that sulcal CSF joins a ventricle.
+PV_REACH_VOXELS = 1.0
+
+
+def structure_pv_volumes(dseg: LabelImage, probabilities: dict[str, Image]) -> dict[int, float]:
+    """Partial-volume-aware volume (mL) of every structure that measures a tissue class.
+
+    Each voxel's probability of class ``c`` (CSF, GM, WM) is credited to the nearest structure whose class
+    is ``c`` (:data:`mriquant.core.labels.STRUCTURE_TISSUE`), if one lies within one voxel diagonal. So a
+    cortex measures the grey matter in and at its voxels and none of the sulcal CSF, and the grey-matter
+    structures together never exceed the partial-volume GM.
+
+    Parameters
+    ----------
+    dseg : LabelImage
+        FreeSurfer-id structure map, shape ``(I, J, K)``.
+    probabilities : dict of str to Image
+        Tissue posteriors keyed ``"CSF"``, ``"GM"``, ``"WM"`` on ``dseg``'s grid (missing classes are skipped).
+
+    Returns
+    -------
+    dict of int to float
+        mL per structure id (ids of no class are absent).
+    """
+    from scipy import ndimage
+
+    from mriquant.core.geometry import bounding_box
+    from mriquant.core.labels import STRUCTURE_TISSUE
+
+    spacing = np.sqrt((dseg.affine[:3, :3] ** 2).sum(axis=0))
+    reach = PV_REACH_VOXELS * float(np.linalg.norm(spacing)) + 1e-6
+    lookup = np.zeros(max(int(dseg.array.max(initial=0)), max(STRUCTURE_TISSUE)) + 1, np.uint8)
+    lookup[list(STRUCTURE_TISSUE)] = list(STRUCTURE_TISSUE.values())
+    classes = lookup[dseg.array]
+    out: dict[int, float] = {}
+    for tissue in TISSUES:
+        probability = probabilities.get(tissue.name)
+        if probability is None or not (classes == tissue.id).any():
+            continue
+        box = bounding_box(classes == tissue.id, margin=int(np.ceil(reach / spacing.min())))
+        own = classes[box] == tissue.id
+        distance, nearest = ndimage.distance_transform_edt(~own, sampling=spacing, return_indices=True)
+        credited = dseg.array[box][tuple(nearest)]
+        weight = np.where(distance <= reach, probability.array[box], 0.0)
+        sums = np.bincount(credited.ravel(), weights=weight.ravel())
+        ids = np.unique(dseg.array[box][own])
+        out.update({int(i): float(sums[i]) * dseg.voxel_volume_ml for i in ids})
+    return out
+
+
 def label_volumes(
     labels: LabelImage,
     *,
     table: LabelTable,
     probabilities: dict[str, Image] | None = None,
+    pv_ml: dict[int, float] | None = None,
     etiv_ml: float | None = None,
 ) -> list[LabelVolume]:
     """Volume of every label present in ``labels``.
@@ -92,6 +144,8 @@ def label_volumes(
         Names of the labels.
     probabilities : dict of str to Image, optional
         Posteriors keyed by label name, for the partial-volume column.
+    pv_ml : dict of int to float, optional
+        Partial-volume volumes by label id, when computed otherwise (:func:`structure_pv_volumes`).
     etiv_ml : float, optional
         Intracranial volume for the normalised column.
 
@@ -111,7 +165,7 @@ def label_volumes(
                 label,
                 name,
                 round(volume, 4),
-                _round(_pv_volume(probabilities.get(name), voxel_ml)),
+                _round(pv_ml[label] if pv_ml and label in pv_ml else _pv_volume(probabilities.get(name), voxel_ml)),
                 None if not etiv_ml else round(volume / etiv_ml, 6),
                 count,
             )
@@ -170,12 +224,27 @@ def tissue_totals(tissue: LabelImage, *, etiv_ml: float | None) -> dict[str, Any
 
 
 def structure_totals(dseg: LabelImage) -> dict[str, float]:
-    """Ventricular and parenchymal totals (mL) from a FreeSurfer-id structure map."""
+    """Totals (mL) from a FreeSurfer-id structure map: ventricles, parenchyma, grey- and white-matter structures.
+
+    ``grey_matter_structures_ml`` sums the structures whose class is GM
+    (:data:`mriquant.core.labels.STRUCTURE_TISSUE`: cortices and subcortical nuclei), ``white_matter_structures_ml``
+    those whose class is WM (cerebral and cerebellar white matter, brain stem).
+    """
+    from mriquant.core.labels import STRUCTURE_TISSUE
+
     counts = label_counts(dseg)
     voxel_ml = dseg.voxel_volume_ml
-    ventricles = sum(counts.get(v, 0) for v in VENTRICLES) * voxel_ml
-    parenchyma = sum(c for v, c in counts.items() if v not in NON_PARENCHYMA) * voxel_ml
-    return {"ventricles_ml": round(ventricles, 4), "parenchyma_ml": round(parenchyma, 4)}
+
+    def total(ids: Any) -> float:
+        return round(sum(c for v, c in counts.items() if v in ids) * voxel_ml, 4)
+
+    by_class = {c: {i for i, k in STRUCTURE_TISSUE.items() if k == c} for c in (2, 3)}
+    return {
+        "ventricles_ml": total(VENTRICLES),
+        "parenchyma_ml": total({v for v in counts if v not in NON_PARENCHYMA}),
+        "grey_matter_structures_ml": total(by_class[2]),
+        "white_matter_structures_ml": total(by_class[3]),
+    }
 
 
 def intracranial_volume_ml(brain_mask: LabelImage) -> float:
