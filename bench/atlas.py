@@ -57,7 +57,7 @@ def _rss_mb() -> float:
 
 
 def _segment(method: str, subject: str, library: str, tx_dir: Path, jlf: int) -> np.ndarray:
-    from mriquant.preprocess.register import Transform
+    from mriquant.core.transform import Transform
     from mriquant.segment.atlas import AtlasOptions, AtlasSegmenter
 
     image = read_image(MICCAI / f"{subject}_SS.nii.gz")

@@ -116,7 +116,8 @@ def scores(pred: np.ndarray, truth: np.ndarray, aseg: dict[int, int] | None) -> 
 
 def worker_mriquant(data: Path, ids: list[str]) -> dict[str, Any]:
     """Register every subject to MNI (affine and SyN), then score the consecutive pairs through MNI."""
-    from mriquant.preprocess.register import Transform, register_to_mni
+    from mriquant.core.transform import Transform
+    from mriquant.preprocess.register import register_to_mni
 
     transforms: dict[str, dict[str, Transform]] = {"affine": {}, "syn": {}}
     runs: list[dict[str, Any]] = []

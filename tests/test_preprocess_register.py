@@ -21,10 +21,10 @@ from mriquant.core.ants_bridge import from_ants, to_ants
 from mriquant.core.case import Case
 from mriquant.core.geometry import reorient
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.transform import Transform
 from mriquant.preprocess.register import (
     RegistrationError,
     RegistrationOptions,
-    Transform,
     register_step,
     register_to_mni,
     registration_quality,

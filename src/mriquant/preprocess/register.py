@@ -30,21 +30,16 @@ in a varying order and repeated runs differed. The thread setting in effect is r
 Transform files follow the ANTs conventions: a list of ITK transforms applied, for a point
 of the reference grid, first entry first (``antsApplyTransforms -t A -t B`` maps a point
 ``x`` to ``B(A(x))``). ANTs physical space is LPS; :func:`mriquant.core.ants_bridge.to_ants`
-converts images, and :func:`_linear_matrix` flips the first two axes of ANTs matrices.
+converts images, and :func:`mriquant.core.transform.linear_matrix` flips the first two axes of ANTs matrices.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
 import time
-import weakref
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -53,14 +48,12 @@ from mriquant.core.ants_bridge import ants_module, ants_seed, itk_threads, to_an
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.transform import Grid, Transform, TransformFile, TransformFolder
 from mriquant.preprocess.template import downsample, mni_template, template_brain_mask
 
 __all__ = [
-    "Grid",
     "RegistrationError",
     "RegistrationOptions",
-    "Transform",
-    "TransformFile",
     "register_step",
     "register_to_mni",
     "registration_quality",
@@ -69,16 +62,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Kind = Literal["rigid", "affine", "syn"]
-Direction = Literal["to_template", "to_subject"]
-Interpolation = Literal["linear", "nearest", "label", "bspline"]
-ImageT = TypeVar("ImageT", bound=Image)
 
-_INTERPOLATORS: dict[str, str] = {
-    "linear": "linear",
-    "nearest": "nearestNeighbor",
-    "label": "genericLabel",
-    "bspline": "bSpline",
-}
 _KINDS = ("rigid", "affine", "syn")
 #: Starting rotations (degrees about the x, y, z axes, LPS) tried by ``init="search"``.
 _SEARCH_ANGLES: tuple[tuple[float, float, float], ...] = (
@@ -94,13 +78,6 @@ _SEARCH_ANGLES: tuple[tuple[float, float, float], ...] = (
 SEARCH_MM = 6.0
 #: Correlation with the template (coarse grid, inside the template) that accepts a start without trying others.
 SEARCH_ACCEPT_NCC = 0.4
-_LPS = np.diag([-1.0, -1.0, 1.0])
-_FORMAT = "mriquant.transform"
-_ORDER_NOTE = (
-    "ANTs antsApplyTransforms order: for a point of the reference grid the first entry is applied first; "
-    "'forward' pulls subject images onto the template grid (reference = template), 'inverse' pulls template "
-    "images onto the subject grid; ANTs/ITK files work in LPS mm."
-)
 
 
 class RegistrationError(MriquantError):
@@ -173,340 +150,6 @@ class RegistrationOptions:
             raise InputError(f"Expected init 'com' or 'search', found {self.init!r}; pick one of those.")
         if self.seed == 0:
             raise InputError("Expected a non-zero ANTs random seed, found 0; pass e.g. seed=1.")
-
-
-@dataclass(frozen=True, eq=False)
-class Grid:
-    """A voxel grid: shape ``(I, J, K)`` and 4x4 voxel-to-RAS+ affine in mm."""
-
-    shape: tuple[int, int, int]
-    affine: npt.NDArray[np.float64]
-
-    @classmethod
-    def of(cls, image: Image) -> Grid:
-        """Return the grid of ``image``."""
-        return cls(image.shape, image.affine.copy())
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"shape": list(self.shape), "affine": self.affine.tolist()}  # full precision: exact round trip
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Grid:
-        """Inverse of :meth:`as_dict`."""
-        i, j, k = (int(n) for n in data["shape"])
-        return cls((i, j, k), np.asarray(data["affine"], dtype=np.float64))
-
-
-@dataclass(frozen=True)
-class TransformFile:
-    """One ANTs transform file in a list.
-
-    Attributes
-    ----------
-    path : pathlib.Path
-        ``.mat`` (ITK affine) or ``.nii.gz`` (displacement field).
-    invert : bool
-        Apply the inverse (affine files only).
-    role : str
-        ``"affine"``, ``"warp"`` or ``"invwarp"`` (names the file on save).
-
-    """
-
-    path: Path
-    invert: bool
-    role: str
-
-
-#: Fill value marking "outside the template" in coordinate warps (far beyond any head, in mm).
-_OUTSIDE = 1.0e6
-
-
-class _Folder:
-    """A private temporary folder deleted when the last object holding it is collected."""
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="mriquant-tx-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# ANTs helpers
-
-
-def _grid_image(grid: Grid) -> Any:
-    """An all-zero float32 ANTsImage on ``grid`` (the reference for resampling)."""
-    return to_ants(Image(np.zeros(grid.shape, np.float32), grid.affine))
-
-
-def _linear_matrix(step: TransformFile) -> npt.NDArray[np.float64]:
-    """4x4 RAS+ world-to-world matrix of an ITK linear transform file (point mapping, reference -> moving)."""
-    ants = ants_module()
-
-    tx = ants.read_transform(str(step.path))
-    corners = np.vstack([np.zeros(3), np.eye(3)])
-    mapped = np.array([tx.apply_to_point(tuple(_LPS @ p)) for p in corners], dtype=np.float64) @ _LPS
-    matrix = np.eye(4)
-    matrix[:3, :3] = (mapped[1:] - mapped[0]).T
-    matrix[:3, 3] = mapped[0]
-    return np.asarray(np.linalg.inv(matrix) if step.invert else matrix, dtype=np.float64)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# the transform
-
-
-@dataclass(frozen=True, eq=False)
-class Transform:
-    """A subject <-> template spatial transform made of ANTs transform files.
-
-    Attributes
-    ----------
-    kind : str
-        ``"rigid"``, ``"affine"``, ``"syn"`` (or ``"a+b"`` for a composition).
-    template : Grid
-        The fixed (template) grid: where ``apply(..., direction="to_template")`` resamples to.
-    subject : Grid
-        The moving subject's native grid: where ``direction="to_subject"`` resamples to.
-    forward : tuple of TransformFile
-        ANTs list pulling subject images onto the template grid (first entry applied first
-        to a template point).
-    inverse : tuple of TransformFile
-        ANTs list pulling template images onto the subject grid.
-    meta : dict
-        Quality measures, options and timing of the registration (JSON-ready).
-
-    Examples
-    --------
-    >>> tx = register_to_mni(t1, kind="affine")  # doctest: +SKIP
-    >>> in_mni = tx.apply(t1)  # doctest: +SKIP
-    >>> mask_native = tx.apply(mni_mask, direction="to_subject", interpolation="label")  # doctest: +SKIP
-
-    """
-
-    kind: str
-    template: Grid
-    subject: Grid
-    forward: tuple[TransformFile, ...]
-    inverse: tuple[TransformFile, ...]
-    meta: dict[str, Any] = field(default_factory=dict)
-    _folders: tuple[_Folder, ...] = field(default=(), repr=False)
-
-    def apply(
-        self,
-        image: ImageT,
-        *,
-        direction: Direction = "to_template",
-        interpolation: Interpolation | None = None,
-        fill: float = 0.0,
-    ) -> ImageT:
-        """Resample ``image`` through the transform onto the target grid.
-
-        Parameters
-        ----------
-        image : Image or LabelImage
-            An image in the subject's world space (``to_template``) or the template's
-            (``to_subject``); any grid, the mapping is in physical space.
-        direction : {"to_template", "to_subject"}
-            Target grid: :attr:`template`, or :attr:`subject` (the native grid).
-        interpolation : {"linear", "nearest", "label", "bspline"}, optional
-            Default ``"linear"`` for images and ``"nearest"`` for label images; ``"label"``
-            is ANTs ``genericLabel`` (label-wise linear, smoother boundaries).
-        fill : float
-            Value outside the source's field of view.
-
-        Returns
-        -------
-        Image or LabelImage
-            Same type as ``image``, exactly on the target grid's shape and affine.
-
-        """
-        method = _check_interpolation(image, interpolation)
-        if direction not in ("to_template", "to_subject"):
-            raise InputError(f"Expected direction 'to_template' or 'to_subject', found {direction!r}.")
-        target = self.template if direction == "to_template" else self.subject
-        steps = self.forward if direction == "to_template" else self.inverse
-        warped = _apply_files(image, target, steps, method, fill)
-        return type(image)(warped, target.affine.copy(), dict(image.meta))
-
-    def template_coordinates(self) -> npt.NDArray[np.float32]:
-        """Template world coordinates (RAS+ mm) of every voxel of the subject grid.
-
-        Returns
-        -------
-        numpy.ndarray, shape (3, I, J, K), float32
-            ``out[:, i, j, k]`` is where subject voxel ``(i, j, k)`` lands in the template
-            (deformation included); NaN where it falls outside the template's field of view.
-            Lets many template-space maps be sampled at the subject's voxels with one warp
-            (three coordinate images) instead of one warp per map.
-
-        """
-        grid = self.template
-        ijk = np.indices(grid.shape, dtype=np.float32).reshape(3, -1)
-        world = (grid.affine[:3, :3].astype(np.float32) @ ijk + grid.affine[:3, 3:4].astype(np.float32)).reshape(
-            3, *grid.shape
-        )
-        out = np.empty((3, *self.subject.shape), np.float32)
-        for axis in range(3):
-            coordinate = Image(world[axis], grid.affine.copy())
-            out[axis] = _apply_files(coordinate, self.subject, self.inverse, "linear", _OUTSIDE)
-        out[:, np.any(np.abs(out) > 1000.0, axis=0)] = np.nan  # mixed with the fill value: no head is 1 m wide
-        return out
-
-    def affine_ras(self) -> npt.NDArray[np.float64]:
-        """The linear part as a 4x4 RAS+ world-to-world matrix mapping subject mm to template mm.
-
-        Deformation fields are ignored. For a rigid or affine registration this is the whole
-        transform: ``template_point = affine_ras() @ subject_point``.
-        """
-        template_to_subject = np.eye(4)
-        for step in self.forward:  # first entry is applied first to a template point
-            if step.role == "affine":
-                template_to_subject = _linear_matrix(step) @ template_to_subject
-        return np.asarray(np.linalg.inv(template_to_subject), dtype=np.float64)
-
-    def compose(self, other: Transform) -> Transform:
-        """Chain this subject -> template with template -> ``other``'s subject.
-
-        The result maps this subject to the other subject through the template: its
-        ``template`` grid is ``other.subject`` (``to_template`` resamples this subject's
-        images onto the other subject's grid) and ``to_subject`` goes back.
-        """
-        return Transform(
-            kind=f"{self.kind}+{other.kind}",
-            template=other.subject,
-            subject=self.subject,
-            forward=other.inverse + self.forward,
-            inverse=self.inverse + other.forward,
-            meta={"composed": [self.meta, other.meta]},
-            _folders=self._folders + other._folders,
-        )
-
-    def save(self, folder: str | Path, stem: str = "to_mni") -> list[Path]:
-        """Write the transform files and ``{stem}.json`` (the composition order) to ``folder``.
-
-        Files: ``{stem}.mat`` (the affine, ITK/ANTs format) and, for SyN,
-        ``{stem}_warp.nii.gz`` and ``{stem}_invwarp.nii.gz``; a composed transform numbers
-        further files ``{stem}_2.mat``, ... Existing files of the same names are replaced.
-
-        Returns
-        -------
-        list of pathlib.Path
-            The files written, the JSON last.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        names = _file_names(self.forward + self.inverse, stem)
-        written = []
-        for source, name in names.items():
-            shutil.copyfile(source, folder / name)
-            written.append(folder / name)
-        from mriquant.io import write_json
-
-        written.append(write_json(self._describe(names), folder / f"{stem}.json"))
-        return written
-
-    def _describe(self, names: dict[Path, str]) -> dict[str, Any]:
-        def listing(steps: tuple[TransformFile, ...]) -> list[dict[str, Any]]:
-            return [{"file": names[s.path], "invert": s.invert, "role": s.role} for s in steps]
-
-        return {
-            "format": _FORMAT,
-            "version": 1,
-            "kind": self.kind,
-            "order": _ORDER_NOTE,
-            "template_grid": self.template.as_dict(),
-            "subject_grid": self.subject.as_dict(),
-            "forward": listing(self.forward),
-            "inverse": listing(self.inverse),
-            "affine_ras": np.round(self.affine_ras(), 6).tolist(),
-            "meta": self.meta,
-        }
-
-    @classmethod
-    def load(cls, folder: str | Path, stem: str = "to_mni") -> Transform:
-        """Read a transform written by :meth:`save` (files are copied to a private folder)."""
-        path = Path(folder) / f"{stem}.json"
-        if not path.is_file():
-            raise InputError(f"Expected a transform description at {path}, found no file; pass the folder of save().")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != _FORMAT:
-            raise InputError(
-                f"Expected format {_FORMAT!r} in {path}, found {data.get('format')!r}; pass a file of save()."
-            )
-        private = _Folder()
-
-        def steps(key: str) -> tuple[TransformFile, ...]:
-            return tuple(_copy_step(Path(folder), item, private.path) for item in data[key])
-
-        return cls(
-            kind=str(data["kind"]),
-            template=Grid.from_dict(data["template_grid"]),
-            subject=Grid.from_dict(data["subject_grid"]),
-            forward=steps("forward"),
-            inverse=steps("inverse"),
-            meta=dict(data.get("meta", {})),
-            _folders=(private,),
-        )
-
-
-def _check_interpolation(image: Image, interpolation: str | None) -> str:
-    """Return the ANTs interpolator name for ``image`` and the requested method."""
-    is_label = isinstance(image, LabelImage)
-    method = interpolation or ("nearest" if is_label else "linear")
-    if method not in _INTERPOLATORS:
-        raise InputError(f"Expected interpolation in {sorted(_INTERPOLATORS)}, found {method!r}; pick one of those.")
-    if is_label and method not in ("nearest", "label"):
-        raise InputError(f"Expected 'nearest' or 'label' interpolation for a label image, found {method!r}.")
-    return _INTERPOLATORS[method]
-
-
-def _apply_files(
-    image: Image, target: Grid, steps: Sequence[TransformFile], method: str, fill: float
-) -> npt.NDArray[Any]:
-    """Run ``antsApplyTransforms`` and return the resampled array (int32 for labels)."""
-    ants = ants_module()
-
-    warped = ants.apply_transforms(
-        fixed=_grid_image(target),
-        moving=to_ants(image),
-        transformlist=[str(s.path) for s in steps],
-        interpolator=method,
-        whichtoinvert=[s.invert for s in steps],
-        defaultvalue=fill,
-        singleprecision=True,
-    )
-    array: npt.NDArray[Any] = np.asarray(warped.numpy())
-    return np.rint(array).astype(np.int32) if isinstance(image, LabelImage) else array.astype(np.float32)
-
-
-def _file_names(steps: Sequence[TransformFile], stem: str) -> dict[Path, str]:
-    """Output file name of every distinct file: ``stem.mat``, ``stem_warp.nii.gz``, ``stem_2.mat``, ..."""
-    suffix = {"affine": ".mat", "warp": "_warp.nii.gz", "invwarp": "_invwarp.nii.gz"}
-    counts: dict[str, int] = {}
-    names: dict[Path, str] = {}
-    for step in steps:
-        if step.path in names:
-            continue
-        counts[step.role] = counts.get(step.role, 0) + 1
-        number = "" if counts[step.role] == 1 else f"_{counts[step.role]}"
-        ending = suffix[step.role]
-        names[step.path] = f"{stem}{number}{ending}" if step.role == "affine" else f"{stem}{ending[:-7]}{number}.nii.gz"
-    return names
-
-
-def _copy_step(folder: Path, item: dict[str, Any], private: Path) -> TransformFile:
-    source = folder / str(item["file"])
-    if not source.is_file():
-        raise InputError(f"Expected transform file {source}, found none; copy every file save() wrote.")
-    target = private / source.name
-    if not target.exists():
-        shutil.copyfile(source, target)
-    return TransformFile(target, bool(item["invert"]), str(item["role"]))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# quality
 
 
 def registration_quality(image_in_template: Image, template: Image, mask: Image | None = None) -> dict[str, float]:
@@ -785,7 +428,7 @@ def register_to_mni(
     grid = Grid.of(template) if template is not None else Grid.of(mni_template(resolution_mm=1.0, brain=True))
     fixed, fixed_mask = _fixed_image(template, opts.resolution_mm)
     moving = _moving_image(image, mask, opts.resolution_mm)
-    folder = _Folder()
+    folder = TransformFolder()
     fixed_ants, moving_ants = to_ants(fixed), to_ants(moving)
     with ants_seed(opts.seed):
         affine = _linear_stage(fixed_ants, moving_ants, kind, folder.path, opts)

@@ -296,7 +296,7 @@ def rigid_register(
     """
     ants = ants_module()
 
-    from mriquant.preprocess.register import TransformFile, _linear_matrix
+    from mriquant.core.transform import TransformFile, linear_matrix
 
     spacing = (options.rigid_resolution_mm,) * 3
     fixed, moving = (
@@ -309,7 +309,7 @@ def rigid_register(
             aff_metric="mattes", aff_iterations=(100, 50, 20), aff_shrink_factors=(4, 2, 1),
             aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.25,
         )  # fmt: skip
-        return _linear_matrix(TransformFile(Path(result["fwdtransforms"][0]), False, "affine"))
+        return linear_matrix(TransformFile(Path(result["fwdtransforms"][0]), False, "affine"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The subject is registered to MNI152 (affine + SyN; :func:`~mriquant.preprocess.register.register_to_mni`,
 or the pipeline's transform). One warp of three coordinate images gives every native voxel its template
-position (:meth:`~mriquant.preprocess.register.Transform.template_coordinates`), where the atlas is sampled:
+position (:meth:`~mriquant.core.transform.Transform.template_coordinates`), where the atlas is sampled:
 
 - with a *library* (member label maps and intensities in template space): each member votes for its label
   at the voxel. ``majority`` counts the votes; ``local`` weights each member by how well its intensity

@@ -13,7 +13,7 @@ from mriquant.core.image import Image
 class WorldIdentity:
     """A subject-to-template transform that is the identity in world space (RAS+ mm).
 
-    Stands in for :class:`mriquant.preprocess.register.Transform` where a test needs a method that
+    Stands in for :class:`mriquant.core.transform.Transform` where a test needs a method that
     samples template-space maps at the subject's voxels, without running a registration: the
     template position of a voxel is its own world position, so results do not depend on the
     grid's orientation.
