@@ -672,3 +672,13 @@ def test_cjk_names_and_paths_draw_without_missing_glyphs(
         assert "/\\u8111\\u626b\\u63cf/t1.nii.gz" in re.sub(r"\s+", "", text)  # 脑扫描 as code points (wrapped)
         assert "\\u5f20, \\u4f1f" in text  # the patient name on the pages
         assert any(line.startswith("Characters that the PDF's fonts cannot draw") for line in text.splitlines())
+
+
+def test_figures_that_look_equal_are_explained(phantom: Phantom) -> None:
+    volumes = volumes_of(phantom)
+    volumes["tissues"] = {**volumes["tissues"], "gm_pv_ml": volumes["tissues"]["gm_ml"] * 0.99}
+    tissue_notes = " ".join(rhtml.tissue_table(volumes).notes)
+    assert "Partial-volume estimates" in tissue_notes
+    structures = rhtml.structure_table(volumes)
+    assert structures is not None and any(s["label"] == 24 for s in volumes["structures"])
+    assert any("tissue map's CSF" in n for n in structures.notes)

@@ -310,6 +310,14 @@ _TOTAL_TITLES = {
 ETIV_AFFINE_NOTE = ("eTIV, atlas-scaling estimate: the template's intracranial volume divided by the scaling of "
                     "the registration to it (as FreeSurfer's eTIV); a cross-check only. Every % of eTIV and the "
                     "parenchymal fraction use the brain-mask eTIV above.")
+#: Why the partial-volume tissue figures differ from the others.
+PARTIAL_VOLUME_NOTE = ("Partial-volume estimates add up each tissue's probability in every voxel (a voxel on a "
+                       "boundary counts partly to both tissues); the figures above them count every voxel wholly "
+                       "as its most probable tissue. The two agree within a few percent.")
+#: Why structure 24 (CSF) is much smaller than the tissue map's CSF.
+CSF_LABEL_NOTE = ("Structure 24 CSF holds only the CSF the structure map labels as such (by the labelling protocol "
+                  "of the method, often a small space near the brainstem), not all the CSF: the CSF of the whole "
+                  "intracranial volume is the tissue map's CSF.")
 #: Why the two parenchyma figures differ.
 PARENCHYMA_NOTE = ("Brain parenchyma (tissue map) counts the voxels classified as grey or white matter; it is the "
                    "one used for the parenchymal fraction. Brain parenchyma (structure map) adds up every structure "
@@ -337,6 +345,8 @@ def tissue_table(volumes: Mapping[str, Any]) -> Table:
     tissues = volumes.get("tissues")
     if isinstance(tissues, Mapping):
         rows.extend(_tissue_rows(tissues))
+        if any(key.endswith("_pv_ml") and tissues[key] is not None for key in tissues):
+            notes.append(PARTIAL_VOLUME_NOTE)
     else:
         notes.append("No tissue segmentation was given: no tissue totals.")
     totals = volumes.get("totals")
@@ -403,8 +413,10 @@ def structure_table(volumes: Mapping[str, Any]) -> Table | None:
         cells.append(asym.get(label, "") if isinstance(label, int) else "")
         rows.append(tuple(cells))
     numeric = frozenset({0, *range(2, len(columns))})
-    note = "Asymmetry index = (left − right) / mean of left and right, shown on both sides of each pair."
-    return Table("structures", "Structure volumes", tuple(columns), tuple(rows), numeric, (note,))
+    notes = ["Asymmetry index = (left − right) / mean of left and right, shown on both sides of each pair."]
+    if any(s.get("label") == 24 for s in structures):
+        notes.append(CSF_LABEL_NOTE)
+    return Table("structures", "Structure volumes", tuple(columns), tuple(rows), numeric, tuple(notes))
 
 
 def asymmetry_table(volumes: Mapping[str, Any]) -> Table | None:
