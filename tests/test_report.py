@@ -682,3 +682,13 @@ def test_figures_that_look_equal_are_explained(phantom: Phantom) -> None:
     structures = rhtml.structure_table(volumes)
     assert structures is not None and any(s["label"] == 24 for s in volumes["structures"])
     assert any("tissue map's CSF" in n for n in structures.notes)
+
+
+def test_findings_of_an_absent_structure_are_undefined_with_its_reason(phantom: Phantom, tmp_path: Path) -> None:
+    build_report(tmp_path, image=phantom.image, volumes=volumes_of(phantom), manifest={})  # no hippocampus
+    parser = parse_tables((tmp_path / "report.html").read_text("utf-8"))
+    rows = body_rows(parser, "findings")
+    titles = parser.titles["table-findings"][1:]
+    n = next(i for i, r in enumerate(rows) if r[0] == "Left hippocampus")
+    assert rows[n][1].startswith("—") and rows[n][2].startswith("—")
+    assert titles[n][1] == titles[n][2] == "not in the structure map"

@@ -86,26 +86,31 @@ def _structure(volumes: Mapping[str, Any], label: int) -> Mapping[str, Any] | No
     return next((s for s in volumes.get("structures") or [] if s.get("label") == label), None)
 
 
-def _volume_and_fraction(volumes: Mapping[str, Any], row: Headline) -> tuple[Cell, Cell, float | None]:
-    """Volume cell, % of eTIV cell and the volume as a number (None when undefined)."""
-    etiv = volumes.get("etiv_ml")
+def _stored(volumes: Mapping[str, Any], row: Headline) -> tuple[Any, float | None, str]:
+    """``row``'s volume (mL), its stored fraction of eTIV and why the volume may be undefined."""
     if row.key:
         value, reason = _lookup(volumes, row.key)
-        fraction = _tissue_fraction(volumes, row)
-    else:
-        found = _structure(volumes, row.label or 0)
-        reason = str(volumes.get("structures_reason") or "not in the structure map")
-        value = found.get("volume_ml") if found else None
-        fraction = found.get("fraction_of_etiv") if found else None
-        reason = str(found.get("reason") or reason) if found else reason
-    if fraction is None and isinstance(value, int | float) and isinstance(etiv, int | float) and etiv:
-        fraction = value / etiv
-    if row.key == "etiv_ml":
-        percent: Cell = ""
-    else:
+        return value, _tissue_fraction(volumes, row), reason
+    found = _structure(volumes, row.label or 0)
+    if found is None:
+        return None, None, str(volumes.get("structures_reason") or "not in the structure map")
+    fraction = found.get("fraction_of_etiv")
+    return (found.get("volume_ml"), float(fraction) if isinstance(fraction, int | float) else None,
+            str(found.get("reason") or "not measured"))
+
+
+def _volume_and_fraction(volumes: Mapping[str, Any], row: Headline) -> tuple[Cell, Cell, float | None]:
+    """Volume cell, % of eTIV cell and the volume as a number (None when undefined)."""
+    value, fraction, reason = _stored(volumes, row)
+    numeric = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    etiv = volumes.get("etiv_ml")
+    if fraction is None and numeric is not None and isinstance(etiv, int | float) and etiv:
+        fraction = numeric / etiv
+    percent: Cell = ""  # the eTIV row: 100 % by definition
+    if row.key != "etiv_ml":
+        etiv_reason = str(volumes.get("etiv_reason") or "intracranial volume (eTIV) not available")
         percent = number(None if fraction is None else 100.0 * fraction, 2,
-                         missing=str(volumes.get("etiv_reason") or "intracranial volume (eTIV) not available"))
-    numeric = float(value) if isinstance(value, int | float) else None
+                         missing=reason if numeric is None else etiv_reason)
     return ml(value, missing=reason), percent, numeric
 
 
