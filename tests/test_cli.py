@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -60,6 +61,22 @@ def test_info_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"mriquant {__version__}") and "Label tables:" in out
+
+
+def test_info_text_lists_models_and_label_colours(capsys: pytest.CaptureFixture[str]) -> None:
+    from mriquant.core.labels import freesurfer
+    from mriquant.models import read_manifest
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    deep = read_manifest()["models"]["deep"]
+    line = next(x for x in out.splitlines() if x.strip().startswith("deep:"))
+    assert f"version {deep['version']}" in line and deep["date"][:10] in line and deep["licence"] in line
+    assert deep["sha256"] in out and deep["file"] in out
+    hippocampus = freesurfer().by_id(17)
+    row = next(x for x in out.splitlines() if x.split()[:2] == ["17", "Left-Hippocampus"])
+    assert [int(v) for v in re.findall(r"\d+", row.split("Left-Hippocampus")[1])] == list(hippocampus.rgb)
+    assert sum(1 for x in out.splitlines() if re.match(r"\s+\d+\s+\S+\s+\(\s*\d+,", x)) == 3 + len(freesurfer())
 
 
 def test_convert_keeps_native_grid(scan: Path, tmp_path: Path) -> None:

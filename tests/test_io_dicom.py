@@ -616,6 +616,19 @@ def test_sidecar_has_no_identifying_fields_and_times_in_seconds(tmp_path: Path) 
     assert meta["study_uid"] == "1.2.826.0.1.3680043.8.498.1"
 
 
+def test_header_fields_keep_multiple_values_in_dicom_form() -> None:
+    from mriquant.io.dicom_series import header_fields
+
+    ds = Dataset()
+    ds.SoftwareVersions = ["5.7.1", "5.7.1.1"]
+    ds.PatientName = "Doe^Jane"
+    ds.PatientAge = "041Y"
+    ds.StudyTime = "121816"
+    fields = header_fields(ds)
+    assert fields["SoftwareVersions"] == "5.7.1\\5.7.1.1"  # not the Python list repr "['5.7.1', '5.7.1.1']"
+    assert (fields["PatientName"], fields["PatientAge"], fields["StudyTime"]) == ("Doe^Jane", "041Y", "121816")
+
+
 # ----------------------------------------------------------------------------- real data
 
 

@@ -74,10 +74,35 @@ def test_csv_has_one_row_per_class_and_structure(phantom: Phantom) -> None:
     rows = list(csv.DictReader(io.StringIO(volumes_csv(doc))))
     assert tuple(rows[0]) == CSV_COLUMNS
     assert [r["kind"] for r in rows].count("tissue") == 3
-    assert len(rows) == 3 + len(doc["structures"])
-    by_label = {(r["kind"], int(r["label"])): r for r in rows}
+    assert [r["kind"] for r in rows[:3 + len(doc["structures"])]] == ["tissue"] * 3 + ["structure"] * len(
+        doc["structures"])  # the eTIV and total rows come after these
+    by_label = {(r["kind"], int(r["label"])): r for r in rows if r["kind"] in ("tissue", "structure")}
     assert float(by_label[("structure", 10)]["volume_ml"]) == pytest.approx(
         next(s["volume_ml"] for s in doc["structures"] if s["label"] == 10)
     )
     assert by_label[("structure", 10)]["asymmetry_index"] != ""
     assert by_label[("tissue", 1)]["volume_pv_ml"] == ""  # None is an empty cell, never 0
+
+
+def test_csv_has_the_etiv_and_total_rows_of_the_json(phantom: Phantom) -> None:
+    doc = measure(_case(phantom, transform=True))
+    rows = list(csv.DictReader(io.StringIO(volumes_csv(doc))))
+    extra = {r["name"]: r for r in rows if r["kind"] not in ("tissue", "structure")}
+    assert set(extra) == {"etiv_ml", "etiv_affine_ml", "tissues.parenchyma_ml", "totals.parenchyma_ml",
+                          "totals.ventricles_ml"}
+    assert float(extra["etiv_ml"]["volume_ml"]) == pytest.approx(doc["etiv_ml"])
+    assert float(extra["etiv_affine_ml"]["volume_ml"]) == pytest.approx(doc["etiv_affine_ml"])
+    assert float(extra["tissues.parenchyma_ml"]["volume_ml"]) == pytest.approx(doc["tissues"]["parenchyma_ml"])
+    assert float(extra["tissues.parenchyma_ml"]["fraction_of_etiv"]) == pytest.approx(
+        doc["tissues"]["brain_parenchymal_fraction"])
+    for key in ("parenchyma_ml", "ventricles_ml"):
+        assert float(extra[f"totals.{key}"]["volume_ml"]) == pytest.approx(doc["totals"][key])
+    assert "normalisation" in extra["etiv_affine_ml"]["description"]  # says it is not the one used
+    assert all(r["description"] for r in rows)  # every row says what it is
+    assert [r["kind"] for r in rows].count("etiv") == 2 and extra["etiv_ml"]["label"] == ""
+
+
+def test_csv_undefined_etiv_is_an_empty_cell_with_its_reason(phantom: Phantom) -> None:
+    doc = measure(_case(phantom))  # no registration: no atlas-scaling estimate
+    row = next(r for r in csv.DictReader(io.StringIO(volumes_csv(doc))) if r["name"] == "etiv_affine_ml")
+    assert row["volume_ml"] == "" and "no registration to MNI152" in row["description"]

@@ -236,3 +236,41 @@ def test_adult_range_table_is_consistent() -> None:
     for left, right in ((10, 49), (11, 50), (17, 53)):
         a, b = (next(r for r in rows if r.table == "freesurfer" and r.label == x) for x in (left, right))
         assert (a.min_ml, a.max_ml) == (b.min_ml, b.max_ml)
+
+
+def _pair(pattern: str, message: str) -> tuple[float, float]:
+    found = re.search(pattern, message)
+    assert found, message
+    return float(found[1]), float(found[2])
+
+
+def test_messages_never_contradict_their_verdict(phantom: Phantom) -> None:
+    """Values just below a limit are written with enough decimals to read as below it (89.96 %, not 90 %)."""
+    rows = [{**r, "largest_component_fraction": 0.8996} if r["label"] == 12 else r
+            for r in structure_shapes(phantom.structures, table=freesurfer())]
+    thalamus = Image(np.where(phantom.structures.array == 10, 0.69996, 0.0).astype(np.float32), phantom.image.affine)
+    qc = _qc(phantom, shapes=rows, probabilities={"Left-Thalamus": thalamus},
+             registration={"ncc": 0.49996, "nmi": 1.2, "min_scale": 0.59999, "max_scale": 1.0})
+    by_code = {(f["code"], f.get("label")): f["message"] for f in qc["flags"]}
+    shown, limit = _pair(r"holds ([\d.]+) % of its voxels \(expected >= ([\d.]+) %\)", by_code["fragmented", 12])
+    assert shown < limit == 90
+    registration = " ".join(f["message"] for f in qc["flags"] if f["code"] == "registration_quality")
+    shown, limit = _pair(r"template is ([\d.]+), below ([\d.]+)", registration)
+    assert shown < limit == 0.5
+    low, lo = _pair(r"factors ([\d.]+)-[\d.]+ lie outside ([\d.]+)-", registration)
+    assert low < lo == 0.6
+    shown, limit = _pair(r"confidence ([\d.]+) is below ([\d.]+)", by_code["low_confidence", 10])
+    assert shown < limit == 0.7
+
+
+def test_volume_message_just_below_the_range_reads_below() -> None:
+    side = (999.96 / 1000) ** (1 / 3) * 10.0  # mm: 1000 voxels of 0.99996 mL
+    inside = np.zeros((12, 12, 12), np.uint8)
+    inside[1:11, 1:11, 1:11] = 1
+    affine = np.diag([side, side, side, 1.0])
+    qc = quality_control(Image(inside.astype(np.float32) * 100, affine), brain_mask=LabelImage(inside, affine))
+    flag = next(f for f in qc["flags"] if f["code"] == "volume_out_of_range")
+    shown, low = _pair(r"is ([\d.]+) mL, below the adult range ([\d.]+)-", flag["message"])
+    assert shown < low == 1000
+    assert (flag["label"], flag["table"]) == (1, "brain_mask")
+    assert qc["metrics"]["brain_mask_ml"] == qc["metrics"]["brain_volume_ml"] == pytest.approx(999.96)

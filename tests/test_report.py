@@ -138,7 +138,7 @@ def pdf_text(data: bytes) -> str:
     lines = []
     for array in re.findall(rb"\[([^][]*)\]\s*TJ", data):
         chars = re.findall(rb"\(((?:\\.|[^\\)])*)\)", array)
-        lines.append(b"".join(chars).replace(b"\\(", b"(").replace(b"\\)", b")").decode("latin-1"))
+        lines.append(re.sub(rb"\\([\\()])", rb"\1", b"".join(chars)).decode("latin-1"))
     return "\n".join(lines)
 
 
@@ -173,7 +173,7 @@ def test_tissue_totals_and_etiv(full_report: tuple[Path, dict[str, Any], str]) -
     assert rows["Grey matter"][0] == f"{volumes['tissues']['gm_ml']:.2f}"
     assert rows["Brain parenchymal fraction (GM + WM) / eTIV"][0] == \
         f"{volumes['tissues']['brain_parenchymal_fraction']:.3f}"
-    assert rows["Ventricles (from structures)"][0] == f"{volumes['totals']['ventricles_ml']:.2f}"
+    assert rows["Ventricles (structure map)"][0] == f"{volumes['totals']['ventricles_ml']:.2f}"
 
 
 def test_none_shows_dash_with_reason_not_zero(phantom: Phantom, tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_self_contained_no_external_urls(full_report: tuple[Path, dict[str, Any]
 def test_dicom_header_shows_only_given_keys(full_report: tuple[Path, dict[str, Any], str]) -> None:
     _, _, text = full_report
     rows = body_rows(parse_tables(text), "header")
-    assert rows == [["Patient name", "Doe^Jane"], ["Patient ID", "X123"], ["Study date", "2024-01-02"]]
+    assert rows == [["Patient name", "Doe, Jane"], ["Patient ID", "X123"], ["Study date", "2024-01-02"]]
     for absent in ("Birth date", "PatientBirthDate", "Sex", "Institution", "Manufacturer", "Series"):
         assert absent not in text
 
@@ -263,7 +263,8 @@ def test_qc_flags_most_severe_first(full_report: tuple[Path, dict[str, Any], str
     assert [f[0] for f in flags] == ["error", "warning"]
     assert flags[1] == ["warning", "LOW_CNR", "17 Left-Hippocampus", "grey/white contrast is low"]
     assert 'class="badge error"' in text
-    assert dict((r[0], r[1]) for r in body_rows(parser, "qc-metrics")) == {"snr": "23.1", "cnr": "2.5"}
+    assert body_rows(parser, "qc-metrics") == [["Signal-to-noise ratio (white-matter mean / noise SD)", "23.1", ""],
+                                               ["Cnr", "2.500", ""]]
 
 
 def test_provenance(full_report: tuple[Path, dict[str, Any], str]) -> None:
@@ -297,18 +298,18 @@ def test_pdf_pages_and_text(phantom: Phantom, tmp_path: Path) -> None:
                      brain_mask=phantom.brain_mask, tissue=phantom.tissue, dseg=phantom.structures)
     data = (tmp_path / "report.pdf").read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
-    assert pdf_pages(data) == 3  # the planes figure, then two pages of tables
+    assert pdf_pages(data) == 4  # key findings, the planes figure, then two pages of tables
     text = pdf_text(data)
     for s in volumes["structures"]:
         assert re.search(rf"\b{s['label']}\s+{re.escape(s['name'])}\s+{s['volume_ml']:.2f}\b", text), s["name"]
-    assert "LOW_CNR" in text and "0123456789abcdef" in text and "Page 3 of 3" in text
+    assert "LOW_CNR" in text and "0123456789abcdef" in text and "Page 4 of 4" in text
 
 
-def test_pdf_minimal_report_has_two_pages(phantom: Phantom, tmp_path: Path) -> None:
+def test_pdf_minimal_report_has_three_pages(phantom: Phantom, tmp_path: Path) -> None:
     build_report(tmp_path, image=phantom.image, volumes={}, manifest={})
     data = (tmp_path / "report.pdf").read_bytes()
     assert data.startswith(b"%PDF-")
-    assert pdf_pages(data) == 2  # one figure page, one table page
+    assert pdf_pages(data) == 3  # key findings, one figure page, one table page
 
 
 # --- Longitudinal ---
@@ -481,3 +482,213 @@ def test_inputs_are_not_modified(phantom: Phantom, tmp_path: Path) -> None:
     before = copy.deepcopy((volumes, MANIFEST, QC))
     build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=QC)
     assert (volumes, MANIFEST, QC) == before
+
+
+# --- What a reader checks first: findings, names, provenance, fonts ---
+
+RUN_QC: dict[str, Any] = {
+    "metrics": {"noise_sd": 1.6, "snr_method": "wm_residual", "snr": 78.73, "brain_mask_ml": 1621.93,
+                "brain_volume_ml": 1621.93, "tissue_volumes_ml": {"CSF": 248.5, "GM": 791.9, "WM": 581.5},
+                "registration": {"ncc": 0.6487, "voxels": 234951.0}, "cnr_gm_wm": None,
+                "reasons": {"cnr_gm_wm": "no grey matter"}},
+    "flags": [
+        {"code": "volume_out_of_range", "severity": "warning", "label": 17, "table": "freesurfer",
+         "message": "Left-Hippocampus is 1.5 mL, below the adult range 2-6 mL (potvin2016)."},
+        {"code": "volume_out_of_range", "severity": "error", "label": 2, "table": "tissues",
+         "message": "GM is 100.0 mL, below the adult range 400-950 mL (ge2002)."},
+        {"code": "low_snr", "severity": "warning", "message": "SNR is 9.99, below 10."},
+    ],
+}
+
+
+def with_hippocampi(volumes: dict[str, Any]) -> dict[str, Any]:
+    """``volumes`` plus hippocampus rows (the phantom has none) and their asymmetry pair."""
+    rows = [{"label": label, "name": name, "volume_ml": ml, "fraction_of_etiv": ml / volumes["etiv_ml"]}
+            for label, name, ml in ((17, "Left-Hippocampus", 1.5), (53, "Right-Hippocampus", 4.05))]
+    pair = {"structure": "Hippocampus", "left_label": 17, "right_label": 53, "left_ml": 1.5, "right_ml": 4.05,
+            "asymmetry_index": qv.asymmetry_index(1.5, 4.05)}
+    return {**volumes, "structures": [*volumes["structures"], *rows], "asymmetry": [*volumes["asymmetry"], pair]}
+
+
+def _findings(text: str) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in body_rows(parse_tables(text), "findings")}
+
+
+def test_key_findings_come_first_with_normalised_values_and_flags(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = with_hippocampi(volumes_of(phantom))
+    volumes["etiv_affine_ml"] = 0.9 * volumes["etiv_ml"]  # a different eTIV that must not normalise anything
+    build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=RUN_QC)
+    text = (tmp_path / "report.html").read_text("utf-8")
+    assert text.index('<section id="findings">') < text.index('<section id="patient">')
+    rows = _findings(text)
+    left = next(s for s in volumes["structures"] if s["label"] == 17)
+    percent = 100 * left["volume_ml"] / volumes["etiv_ml"]  # the brain-mask eTIV, not the atlas-scaling one
+    assert rows["Left hippocampus"][:2] == [f"{left['volume_ml']:.2f}", f"{percent:.2f}"]
+    assert rows["Intracranial volume (eTIV)"][0] == f"{volumes['etiv_ml']:.2f}"
+    bpf = volumes["tissues"]["brain_parenchymal_fraction"]
+    assert rows["Brain parenchyma (GM + WM)"][:2] == [f"{volumes['tissues']['parenchyma_ml']:.2f}", f"{100 * bpf:.2f}"]
+    assert rows["Left hippocampus"][-1] == "warning: below adult range"
+    assert rows["Grey matter"][-1] == "error: below adult range"  # the tissue flag, not label 2 of the structures
+    assert rows["Right hippocampus"][-1] == "within adult range"
+    assert rows["Grey matter"][3] == ""  # no left/right pair for a tissue class
+    assert rows["Left hippocampus"][3] == rows["Right hippocampus"][3] != ""
+    flags = body_rows(parse_tables(text), "findings-flags")
+    assert [f[0] for f in flags] == ["error", "warning", "warning"]
+
+
+def test_pdf_first_page_is_portrait_and_starts_with_the_title_and_findings(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = with_hippocampi(volumes_of(phantom))
+    with matplotlib.rc_context({"pdf.compression": 0}):
+        build_report(tmp_path, image=phantom.image, volumes=volumes, manifest=MANIFEST, qc=RUN_QC, header=HEADER,
+                     brain_mask=phantom.brain_mask, tissue=phantom.tissue, dseg=phantom.structures)
+    data = (tmp_path / "report.pdf").read_bytes()
+    width, height = (float(v) for v in re.search(rb"/MediaBox\s*\[\s*0 0 ([\d.]+) ([\d.]+)", data).groups())
+    assert (width, height) == pytest.approx((595.44, 841.68))  # A4 portrait
+    lines = pdf_text(data).splitlines()
+    assert lines[0] == "Brain MRI volumetry report"
+    first_page = lines[: next(n for n, x in enumerate(lines) if re.fullmatch(r"Page 1 of \d+", x)) + 1]
+    left = next(s for s in volumes["structures"] if s["label"] == 17)
+    assert any(x.startswith("Left hippocampus") and f"{left['volume_ml']:.2f}" in x and "below adult range" in x
+               for x in first_page)
+    for measure in ("Brain parenchyma (GM + WM)", "Grey matter", "White matter", "CSF", "Right hippocampus",
+                    "Left lateral ventricle", "Right lateral ventricle"):
+        assert any(x.startswith(measure) for x in first_page), measure
+    assert any("SNR is 9.99, below 10." in x for x in first_page)  # the QC warnings are on page 1
+    assert b"/Subtype /Image" in data  # the overview picture under the findings
+
+
+def test_provenance_method_of_run_and_segment_manifests() -> None:
+    def method(parameters: dict[str, Any]) -> str:
+        rows = dict(r[:2] for r in rhtml.provenance_section({"parameters": parameters}).tables[0].rows)
+        return str(rows["Method"])
+
+    assert method({"tissue_method": "deep", "structure_method": None, "structures": True}) == \
+        "deep (tissues and structures)"
+    assert method({"tissue_method": "mrf", "structure_method": "atlas", "structures": True}) == \
+        "mrf (tissues), atlas (structures)"
+    assert method({"tissue_method": "deep", "structure_method": None, "structures": False}) == "deep (tissues)"
+    assert method({"method": "otsu"}) == "otsu"
+
+
+def test_processing_time_agrees_with_the_manifest_steps(phantom: Phantom, tmp_path: Path) -> None:
+    steps = [{"name": "n4", "params": {}, "seconds": 3.5}, {"name": "segment", "params": {}, "seconds": 100.0}]
+    manifest = {**MANIFEST, "seconds": 113.1, "steps": steps}  # the time when the report was built
+    build_report(tmp_path, image=phantom.image, volumes={}, manifest=manifest)
+    text = (tmp_path / "report.html").read_text("utf-8")
+    run = dict((r[0], r[1]) for r in body_rows(parse_tables(text), "run"))
+    assert run["Processing time (s)"] == "103.5"  # the sum of the steps, which the final manifest.json also holds
+    assert "113.1" not in text  # no total that the final manifest's larger "seconds" would contradict
+    assert "whole wall-clock time" in text
+
+
+def test_qc_metrics_have_readable_names_units_and_no_json(phantom: Phantom, tmp_path: Path) -> None:
+    build_report(tmp_path, image=phantom.image, volumes={}, manifest={}, qc=RUN_QC)
+    text = (tmp_path / "report.html").read_text("utf-8")
+    rows = body_rows(parse_tables(text), "qc-metrics")
+    by_name = {r[0]: r[1:] for r in rows}
+    assert by_name["Brain mask volume (intracranial, incl. CSF)"] == ["1621.93", "mL"]
+    assert by_name["Grey matter volume (tissue map)"] == ["791.90", "mL"]
+    assert by_name["Registration: correlation with the template (NCC)"] == ["0.649", ""]
+    assert by_name["Registration: voxels compared"] == ["234,951", "voxels"]
+    assert by_name["Noise estimated from"][0].startswith("white-matter voxel residuals")
+    assert by_name["Grey/white contrast-to-noise ratio (|GM − WM mean| / noise SD)"][0].startswith("—")
+    assert len(rows) == 10  # brain_volume_ml (old name of brain_mask_ml) and the reasons are not rows
+    for row in rows:
+        assert "_" not in row[0] and not any(c in "".join(row) for c in "{}[]\""), row
+
+
+def test_etiv_and_parenchyma_figures_are_explained(phantom: Phantom, tmp_path: Path) -> None:
+    volumes = {**volumes_of(phantom), "etiv_affine_ml": 1524.0}
+    table = rhtml.tissue_table(volumes)
+    rows = {str(r[0]): r for r in table.rows}
+    assert "eTIV, atlas-scaling estimate (cross-check, not used)" in rows
+    assert "Brain parenchyma (structure map)" in rows and "Brain parenchyma (GM + WM, tissue map)" in {
+        r[0].text if isinstance(r[0], rhtml.Swatch) else r[0] for r in table.rows}
+    assert any("cross-check" in n and "brain-mask eTIV" in n for n in table.notes)
+    assert any("structure map" in n and "sulci" in n for n in table.notes)
+
+
+def test_dicom_values_read_as_dates_times_ages_and_lists(phantom: Phantom, tmp_path: Path) -> None:
+    header = {"PatientName": "Doe^Jane", "PatientAge": "041Y", "PatientSex": "M", "StudyDate": "20210902",
+              "StudyTime": "121816", "SeriesTime": "130004.57000", "SoftwareVersions": "5.7.1\\5.7.1.1",
+              "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4", "PatientBirthDate": "not a date"}
+    build_report(tmp_path, image=phantom.image, volumes={}, manifest={}, header=header)
+    rows = dict(body_rows(parse_tables((tmp_path / "report.html").read_text("utf-8")), "header"))
+    assert rows["Patient name"] == "Doe, Jane" and rows["Age"] == "41 years" and rows["Sex"] == "male"
+    assert rows["Study date"] == "2021-09-02" and rows["Study time"] == "12:18:16" and rows["Series time"] == "13:00:04"
+    assert rows["Software versions"] == "5.7.1, 5.7.1.1"
+    assert rows["Image type (SOP class)"] == "MR Image Storage"
+    assert rows["Birth date"] == "not a date"  # an invalid value is shown as stored, not dropped
+
+
+PHILIPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom" / "philips-t1-mprage" / "dicom"
+
+
+@pytest.mark.skipif(not PHILIPS.is_dir(), reason="needs ../shared/data/dicom/philips-t1-mprage (a real DICOM series)")
+def test_real_dicom_header_reads_for_humans(phantom: Phantom, tmp_path: Path) -> None:
+    import pydicom
+
+    from mriquant.io.dicom_series import header_fields
+
+    ds = pydicom.dcmread(next(iter(sorted(PHILIPS.glob("*.dcm")))), stop_before_pixels=True)
+    image = Image(phantom.image.array, phantom.image.affine, {"dicom": header_fields(ds)})
+    build_report(tmp_path, image=image, volumes={}, manifest={})
+    rows = dict(body_rows(parse_tables((tmp_path / "report.html").read_text("utf-8")), "header"))
+    assert rows["Study time"] == "12:18:16" and rows["Age"] == "41 years"
+    assert rows["Software versions"] == "5.7.1, 5.7.1.1"
+    assert rows["Study date"] == "2021-09-02"
+
+
+@pytest.mark.parametrize("fallback_font", [False, True])
+def test_cjk_names_and_paths_draw_without_missing_glyphs(
+    phantom: Phantom, tmp_path: Path, fallback_font: bool, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    import warnings
+
+    from mriquant.report import fonts
+
+    if fallback_font and fonts.cjk_family() is None:
+        pytest.skip("no CJK fallback font installed (Debian: apt-get install fonts-droid-fallback)")
+    if not fallback_font:
+        monkeypatch.setattr(fonts, "cjk_family", lambda: None)
+    folder = tmp_path / "脑扫描"
+    scan = folder / "t1.nii.gz"
+    image = Image(phantom.image.array, phantom.image.affine, {"source": str(scan)})
+    manifest = {**MANIFEST, "argv": ["run", str(scan), "-o", "out"],
+                "inputs": [{"path": str(scan), "sha256": "ab" * 32, "bytes": 1, "files": 1}]}
+    with warnings.catch_warnings(), matplotlib.rc_context({"pdf.compression": 0}):
+        warnings.simplefilter("error")  # a missing glyph is a warning: make it fail the test
+        build_report(folder / "out", image=image, volumes=volumes_of(phantom), manifest=manifest,
+                     header={"PatientName": "张^伟", "PatientID": "X1"}, dseg=phantom.structures)
+    assert capfd.readouterr().err == ""
+    assert not [r for r in caplog.records if r.name.startswith("matplotlib") and r.levelno >= 30]
+    assert "脑扫描" in (folder / "out" / "report.html").read_text("utf-8")  # the HTML keeps the text
+    data = (folder / "out" / "report.pdf").read_bytes()
+    text = pdf_text(data)
+    if fallback_font:
+        assert b"DroidSansFallback" in data and "\\u8111" not in text  # drawn with the fallback font
+    else:
+        assert "/\\u8111\\u626b\\u63cf/t1.nii.gz" in re.sub(r"\s+", "", text)  # 脑扫描 as code points (wrapped)
+        assert "\\u5f20, \\u4f1f" in text  # the patient name on the pages
+        assert any(line.startswith("Characters that the PDF's fonts cannot draw") for line in text.splitlines())
+
+
+def test_figures_that_look_equal_are_explained(phantom: Phantom) -> None:
+    volumes = volumes_of(phantom)
+    volumes["tissues"] = {**volumes["tissues"], "gm_pv_ml": volumes["tissues"]["gm_ml"] * 0.99}
+    tissue_notes = " ".join(rhtml.tissue_table(volumes).notes)
+    assert "Partial-volume estimates" in tissue_notes
+    structures = rhtml.structure_table(volumes)
+    assert structures is not None and any(s["label"] == 24 for s in volumes["structures"])
+    assert any("tissue map's CSF" in n for n in structures.notes)
+
+
+def test_findings_of_an_absent_structure_are_undefined_with_its_reason(phantom: Phantom, tmp_path: Path) -> None:
+    build_report(tmp_path, image=phantom.image, volumes=volumes_of(phantom), manifest={})  # no hippocampus
+    parser = parse_tables((tmp_path / "report.html").read_text("utf-8"))
+    rows = body_rows(parser, "findings")
+    titles = parser.titles["table-findings"][1:]
+    n = next(i for i, r in enumerate(rows) if r[0] == "Left hippocampus")
+    assert rows[n][1].startswith("—") and rows[n][2].startswith("—")
+    assert titles[n][1] == titles[n][2] == "not in the structure map"

@@ -1,4 +1,4 @@
-"""Run manifests: what ran, on what, with which versions, parameters and timings.
+"""Run manifests: what ran, on what, with which versions, thread counts, parameters and timings.
 
 Every command that writes outputs also writes ``manifest.json``; the fields are
 read back by tests and by the report's provenance section.
@@ -7,6 +7,7 @@ read back by tests and by the report's provenance section.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 from collections.abc import Iterable, Sequence
@@ -16,22 +17,31 @@ from typing import Any
 
 from mriquant.core.case import Step
 
-#: Distributions whose versions every manifest records.
+#: Distributions whose versions every manifest records: every runtime dependency whose version can change an
+#: output (numbers, images, DICOM objects or the report), i.e. all of ``[project] dependencies`` in
+#: pyproject.toml except ``rich`` (the progress display), plus matplotlib and jinja2, which draw the report.
 TRACKED = (
     "numpy",
     "scipy",
     "nibabel",
     "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "pyjpegls",
+    "pynrrd",
     "SimpleITK",
+    "antspyx",
     "scikit-image",
     "highdicom",
     "nilearn",
     "torch",
-    "pylibjpeg",
-    "pylibjpeg-libjpeg",
-    "pylibjpeg-openjpeg",
-    "pyjpegls",
+    "matplotlib",
+    "jinja2",
 )
+#: Environment variables that set thread counts of the numeric libraries (read, never written).
+THREAD_VARIABLES = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def versions() -> dict[str, str | None]:
@@ -44,6 +54,29 @@ def versions() -> dict[str, str | None]:
             found[dist] = version(dist)
         except PackageNotFoundError:
             found[dist] = None
+    return found
+
+
+def threads() -> dict[str, Any]:
+    """Thread counts in effect: multi-threaded sums make results differ in the last digits between counts.
+
+    Returns
+    -------
+    dict
+        ``cpu_count``; ``torch`` (``torch.get_num_threads()``) and ``SimpleITK`` (its global default
+        number of threads), each None when the library was not loaded by this run (so it did no work);
+        and the environment variables of :data:`THREAD_VARIABLES` (None when unset). ANTsPy's ITK reads
+        ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when it starts, else uses every core.
+
+    """
+    torch = sys.modules.get("torch")
+    sitk = sys.modules.get("SimpleITK")
+    found: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "torch": int(torch.get_num_threads()) if torch is not None else None,
+        "SimpleITK": int(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()) if sitk is not None else None,
+    }
+    found.update({name: os.environ.get(name) for name in THREAD_VARIABLES})
     return found
 
 
@@ -114,6 +147,7 @@ def build(
         "started": started,
         "seconds": round(seconds, 3),
         "versions": versions(),
+        "threads": threads(),
         "platform": {"system": platform.system(), "machine": platform.machine(), "python": sys.version.split()[0]},
         "parameters": parameters,
         "inputs": [hash_input(Path(p)) for p in inputs],

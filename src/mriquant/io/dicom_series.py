@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from mriquant import __version__
 from mriquant.core.errors import DicomError
@@ -667,12 +668,18 @@ def find_value(ds: Dataset, keyword: str) -> Any:
 
 
 def header_fields(ds: Dataset) -> dict[str, str]:
-    """Report-header fields present in ``ds`` (identifying ones included), as plain str."""
+    r"""Report-header fields present in ``ds`` (identifying ones included), as DICOM's string form.
+
+    Multiple values are joined by a backslash as DICOM encodes them (``"5.7.1\5.7.1.1"``), not by Python's
+    list repr; :func:`mriquant.report.dicom_text.format_value` turns the strings into display text.
+    """
     out: dict[str, str] = {}
     for keyword in HEADER_FIELDS:
         value = find_value(ds, keyword)
-        if value is not None and str(value).strip():
-            out[keyword] = str(value).strip()
+        parts = value if isinstance(value, MultiValue | list | tuple) else [] if value is None else [value]
+        text = "\\".join(str(v).strip() for v in parts).strip()
+        if text:
+            out[keyword] = text
     return out
 
 

@@ -39,10 +39,23 @@ __all__ = ["CSV_COLUMNS", "measure", "volumes_csv"]
 
 #: How ``etiv_ml`` is measured (written next to it).
 ETIV_METHOD = "volume of the brain mask (GM + WM + CSF inside the dura), native grid"
-#: Columns of ``volumes.csv``.
+#: Columns of ``volumes.csv`` (``description`` last: it was added after the others, whose order readers rely on).
 CSV_COLUMNS = (
     "kind", "label", "name", "volume_ml", "volume_pv_ml", "fraction_of_etiv", "asymmetry_index",
-    "surface_area_mm2", "sphericity", "components", "confidence",
+    "surface_area_mm2", "sphericity", "components", "confidence", "description",
+)  # fmt: skip
+#: ``volumes.csv`` rows of whole-head figures: (kind, volumes.json section or None, key, description).
+CSV_SUMMARY_ROWS = (
+    ("etiv", None, "etiv_ml", "Intracranial volume (eTIV) used for every fraction_of_etiv: volume of the brain mask "
+                              "(GM + WM + CSF inside the dura), native grid"),
+    ("etiv", None, "etiv_affine_ml", "Intracranial volume by atlas scaling (MNI152 brain-mask volume / det of the "
+                                     "subject-to-MNI affine): a cross-check, not used for normalisation"),
+    ("tissue_total", "tissues", "parenchyma_ml", "Brain parenchyma from the tissue map: GM + WM; fraction_of_etiv is "
+                                                "the brain parenchymal fraction"),
+    ("structure_total", "totals", "parenchyma_ml", "Brain parenchyma from the structure map: every structure label "
+                                                  "except ventricles, CSF, vessels and choroid plexus"),
+    ("structure_total", "totals", "ventricles_ml", "Ventricles from the structure map: lateral, inferior lateral, "
+                                                  "3rd, 4th and 5th ventricles"),
 )  # fmt: skip
 #: Shape keys copied from :func:`mriquant.quantify.shape.structure_shapes` into each structure row.
 SHAPE_KEYS = ("surface_area_mm2", "sphericity", "compactness", "centroid_mm", "principal_axes_mm", "bbox_mm",
@@ -156,14 +169,40 @@ def _asymmetry_by_label(doc: dict[str, Any]) -> dict[int, float | None]:
     return out
 
 
+def _summary_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The eTIV and total rows of ``volumes.csv`` (name = the volumes.json key, e.g. ``totals.parenchyma_ml``)."""
+    rows = []
+    for kind, section, key, description in CSV_SUMMARY_ROWS:
+        source = doc.get(section) if section else doc
+        if not isinstance(source, dict) or key not in source:
+            continue
+        row: dict[str, Any] = {"kind": kind, "name": f"{section}.{key}" if section else key,
+                               "volume_ml": source[key], "description": description}
+        if section == "tissues":
+            row["fraction_of_etiv"] = source.get("brain_parenchymal_fraction")
+        reason = source.get(key.removesuffix("_ml") + "_reason") if section is None else None
+        if source[key] is None and reason:
+            row["description"] += f" (undefined: {reason})"
+        rows.append(row)
+    return rows
+
+
 def volumes_csv(doc: dict[str, Any]) -> str:
-    """``volumes.csv``: one row per tissue class and per structure (empty cells for undefined values)."""
+    """``volumes.csv``: one row per tissue class and per structure, then the eTIV and total rows.
+
+    Empty cells for undefined values. ``kind`` is ``tissue``, ``structure``, ``etiv``, ``tissue_total`` or
+    ``structure_total``; ``description`` says what each row measures. The rows after the structures were added
+    after the others: readers that take rows by ``kind`` or by position among the first ones are unaffected.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     asymmetry = _asymmetry_by_label(doc)
     for row in doc.get("tissue_classes", []):
-        writer.writerow({**row, "kind": "tissue"})
+        writer.writerow({**row, "kind": "tissue", "description": "Tissue class volume (tissue map)"})
     for row in doc.get("structures", []):
-        writer.writerow({**row, "kind": "structure", "asymmetry_index": asymmetry.get(row["label"])})
+        writer.writerow({**row, "kind": "structure", "asymmetry_index": asymmetry.get(row["label"]),
+                         "description": "Structure volume (structure map)"})
+    for row in _summary_rows(doc):
+        writer.writerow(row)
     return buffer.getvalue()

@@ -3,10 +3,13 @@
 :func:`quality_control` is a pure function: it measures, it never writes files. It returns
 
 ``metrics``
-    Signal-to-noise ratio, grey/white contrast-to-noise ratio, brain and tissue volumes and the
-    registration metrics passed in. An undefined metric is None and ``metrics["reasons"]`` says why.
+    Signal-to-noise ratio, grey/white contrast-to-noise ratio, the brain mask's volume (``brain_mask_ml``:
+    intracranial, GM + WM + CSF; ``brain_volume_ml`` is its deprecated old name, removed in the next release),
+    tissue volumes and the registration metrics passed in. An undefined metric is None and
+    ``metrics["reasons"]`` says why.
 ``flags``
-    ``{"code", "severity", "message"}`` (plus ``"label"`` for one structure), severity ``"info"``,
+    ``{"code", "severity", "message"}`` (plus ``"label"`` and ``"table"`` for one label: the id and the map it
+    belongs to, ``"freesurfer"``, ``"tissues"`` or ``"brain_mask"``), severity ``"info"``,
     ``"warning"`` or ``"error"``. Codes: ``volume_out_of_range``, ``fragmented``, ``left_right_swap``,
     ``missing_structure``, ``low_snr``, ``low_cnr``, ``registration_quality``, ``low_confidence``,
     ``empty_mask``, ``fov_cut`` (the brain mask reaches the edge of the field of view: volumes are partial)
@@ -177,9 +180,10 @@ class _Report:
     flags: list[Flag] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
 
-    def flag(self, code: str, severity: Severity, message: str, label: int | None = None) -> None:
-        self.flags.append({"code": code, "severity": severity, "message": message,
-                           **({} if label is None else {"label": label})})
+    def flag(self, code: str, severity: Severity, message: str, label: int | None = None,
+             table: str | None = None) -> None:
+        where = {} if label is None else {"label": label, "table": table}
+        self.flags.append({"code": code, "severity": severity, "message": message, **where})
 
     def undefined(self, metric: str, reason: str) -> None:
         self.metrics[metric] = None
@@ -226,9 +230,10 @@ def quality_control(
     -------
     dict
         ``{"metrics": {...}, "flags": [...], "structures": {...}}``. Metrics: ``snr``, ``snr_method``,
-        ``noise_sd``, ``background_voxels``, ``wm_mean``, ``gm_mean``, ``cnr_gm_wm``,
-        ``brain_volume_ml``, ``brain_mask_border_mm2``, ``tissue_volumes_ml`` ({"CSF", "GM", "WM"}), ``parenchyma_ml``,
-        ``registration`` and ``reasons`` (metric -> why it is None). See the module docstring.
+        ``noise_sd``, ``background_voxels``, ``wm_mean``, ``gm_mean``, ``cnr_gm_wm``, ``brain_mask_ml``
+        (``brain_volume_ml``: deprecated alias), ``brain_mask_border_mm2``, ``tissue_volumes_ml``
+        ({"CSF", "GM", "WM"}), ``parenchyma_ml``, ``registration`` and ``reasons`` (metric -> why it is None).
+        See the module docstring.
 
     Raises
     ------
@@ -421,12 +426,45 @@ def _low_flag(report: _Report, code: str, what: str, value: float | None, warnin
         return
     severity: Severity = "error" if value < error else "warning"
     limit = error if severity == "error" else warning
-    report.flag(code, severity, f"{what} is {value:.2f}, below {limit:g}: the image is too noisy or lacks contrast "
-                                "for reliable segmentation; check the acquisition.")
+    report.flag(code, severity, f"{what} is {_beside(value, limit, 2)}, below {_limit_text(limit)}: the image is "
+                                "too noisy or lacks contrast for reliable segmentation; check the acquisition.")
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
+
+
+def _limit_text(limit: float) -> str:
+    """A threshold as written in a message (``0.9 * 100`` reads ``90``)."""
+    return f"{limit:.12g}"
+
+
+def _beside(value: float, limit: float, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, more when needed to stay on its side of ``limit`` as shown.
+
+    A message must not contradict its verdict: a largest piece of 89.96 % against a 90 % limit reads
+    "89.96 %", not "90 %", and an SNR of 9.999 below 10 reads "9.999", not "10.00".
+
+    Examples
+    --------
+    >>> _beside(89.96, 90.0, 0), _beside(9.999, 10.0, 2), _beside(151.234, 150.0)
+    ('89.96', '9.999', '151.2')
+
+    """
+    shown = float(_limit_text(limit))
+    side = (value > limit) - (value < limit)
+    text = f"{value:.{digits}f}"
+    while side and (float(text) > shown) - (float(text) < shown) != side and digits < 15:
+        digits += 1
+        text = f"{value:.{digits}f}"
+    return text
+
+
+def _apart(first: float, second: float, digits: int = 1) -> tuple[str, str]:
+    """Two values with the same decimals, as many as it takes for their order to show (``first != second``)."""
+    while digits < 15 and first != second and round(first, digits) == round(second, digits):
+        digits += 1
+    return f"{first:.{digits}f}", f"{second:.{digits}f}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -445,10 +483,13 @@ def _volume_checks(
     limits: QCThresholds,
 ) -> None:
     if brain_mask is None:
-        report.undefined("brain_volume_ml", "no brain mask given")
+        for key in ("brain_mask_ml", "brain_volume_ml"):
+            report.undefined(key, "no brain mask given")
     else:
         volume = float(np.count_nonzero(brain_mask.array)) * brain_mask.voxel_volume_ml
-        report.metrics["brain_volume_ml"] = _round(volume)
+        # the mask holds GM, WM and the CSF inside the dura: an intracranial volume, not the brain's;
+        # "brain_volume_ml" is the old, misleading name of the same value (kept for one release)
+        report.metrics["brain_mask_ml"] = report.metrics["brain_volume_ml"] = _round(volume)
         if volume == 0:
             report.flag("empty_mask", "error", "The brain mask is empty: skull stripping failed.")
         _range_checks(report, "brain_mask", {1: volume}, limits)
@@ -481,7 +522,8 @@ def _tissue_volumes(report: _Report, tissue: LabelImage, limits: QCThresholds) -
     report.metrics["parenchyma_ml"] = _round(volumes[_TISSUE_GM] + volumes[_TISSUE_WM])
     for t in TISSUES:
         if volumes[t.id] == 0:
-            report.flag("missing_structure", "error", f"Tissue class {t.name} is empty in the tissue map.", t.id)
+            report.flag("missing_structure", "error", f"Tissue class {t.name} is empty in the tissue map.", t.id,
+                        "tissues")
     _range_checks(report, "tissues", {k: v for k, v in volumes.items() if v > 0}, limits)
 
 
@@ -493,11 +535,12 @@ def _range_checks(report: _Report, table: str, volumes: dict[int, float], limits
             continue
         far = volume < row.min_ml / limits.range_error_factor or volume > row.max_ml * limits.range_error_factor
         side = "below" if volume < row.min_ml else "above"
+        shown = _beside(volume, row.min_ml if side == "below" else row.max_ml)
         report.flag(
             "volume_out_of_range", "error" if far else "warning",
-            f"{row.name} is {volume:.1f} mL, {side} the adult range {row.min_ml:g}-{row.max_ml:g} mL "
+            f"{row.name} is {shown} mL, {side} the adult range {_limit_text(row.min_ml)}-{_limit_text(row.max_ml)} mL "
             f"({row.source}); check the segmentation and the voxel size.",
-            row.label,
+            row.label, row.table,
         )
 
 
@@ -522,23 +565,27 @@ def _structure_checks(
 def _missing_checks(report: _Report, present: set[int], names: LabelTable, limits: QCThresholds) -> None:
     missing = [label for label in limits.expected_structures if label not in present]
     for label in missing:
-        report.flag("missing_structure", "error", f"{names.name_of(label)} is missing from the structure map.", label)
+        report.flag("missing_structure", "error", f"{names.name_of(label)} is missing from the structure map.", label,
+                    "freesurfer")
     for left, right in BILATERAL_PAIRS:
         for have, lack in ((left, right), (right, left)):
             if have in present and lack not in present and lack not in missing:
                 report.flag("missing_structure", "error",
-                            f"{names.name_of(lack)} is missing while {names.name_of(have)} is present.", lack)
+                            f"{names.name_of(lack)} is missing while {names.name_of(have)} is present.", lack,
+                            "freesurfer")
 
 
 def _fragment_check(report: _Report, row: dict[str, Any], name: str, limits: QCThresholds) -> None:
     label, pieces, largest = int(row["label"]), row.get("components"), row.get("largest_component_fraction")
-    if largest is not None and largest < limits.min_largest_fraction:
+    limit = limits.min_largest_fraction
+    if largest is not None and largest < limit:
         report.flag("fragmented", "warning",
-                    f"{name} is fragmented: its largest piece holds {100 * largest:.0f} % of its voxels "
-                    f"(expected >= {100 * limits.min_largest_fraction:.0f} %).", label)
+                    f"{name} is fragmented: its largest piece holds {_beside(100 * largest, 100 * limit, 0)} % of its "
+                    f"voxels (expected >= {_limit_text(100 * limit)} %).", label, "freesurfer")
     elif pieces is not None and pieces > limits.max_components and label not in limits.fragment_exempt:
         report.flag("fragmented", "warning",
-                    f"{name} is in {pieces} separate pieces (expected at most {limits.max_components}).", label)
+                    f"{name} is in {pieces} separate pieces (expected at most {limits.max_components}).", label,
+                    "freesurfer")
 
 
 def _swap_checks(report: _Report, by_label: dict[int, dict[str, Any]], names: LabelTable) -> None:
@@ -547,11 +594,12 @@ def _swap_checks(report: _Report, by_label: dict[int, dict[str, Any]], names: La
         if left in by_label and right in by_label:
             lx, rx = by_label[left]["centroid_mm"][0], by_label[right]["centroid_mm"][0]
             if lx > rx:
+                lx_text, rx_text = _apart(lx, rx)
                 report.flag(
                     "left_right_swap", "error",
-                    f"{names.name_of(left)} (x = {lx:.1f} mm) lies to the right of {names.name_of(right)} "
-                    f"(x = {rx:.1f} mm): left and right are swapped (check the labels or the image orientation).",
-                    left,
+                    f"{names.name_of(left)} (x = {lx_text} mm) lies to the right of {names.name_of(right)} "
+                    f"(x = {rx_text} mm): left and right are swapped (check the labels or the image orientation).",
+                    left, "freesurfer",
                 )
 
 
@@ -570,22 +618,30 @@ def _registration_checks(report: _Report, registration: dict[str, float] | None,
             report.flag("registration_quality", "error", "Registration correlation is undefined (too little overlap).")
         elif ncc < limits.ncc_warning:
             severity: Severity = "error" if ncc < limits.ncc_error else "warning"
+            limit = limits.ncc_error if severity == "error" else limits.ncc_warning
             report.flag("registration_quality", severity,
-                        f"Registration correlation with the template is {ncc:.3f}, below "
-                        f"{limits.ncc_error if severity == 'error' else limits.ncc_warning:g}: check the alignment.")
+                        f"Registration correlation with the template is {_beside(ncc, limit, 3)}, below "
+                        f"{_limit_text(limit)}: check the alignment.")
     if nmi is not None and (not math.isfinite(nmi) or nmi < limits.nmi_warning):
         report.flag("registration_quality", "warning",
-                    f"Registration normalised mutual information is {nmi:.3f}, below {limits.nmi_warning:g}.")
+                    f"Registration normalised mutual information is {_nmi_text(nmi, limits.nmi_warning)}, below "
+                    f"{_limit_text(limits.nmi_warning)}.")
     _scale_check(report, registration, limits)
+
+
+def _nmi_text(nmi: float, limit: float) -> str:
+    return _beside(nmi, limit, 3) if math.isfinite(nmi) else "undefined"
 
 
 def _scale_check(report: _Report, registration: dict[str, float], limits: QCThresholds) -> None:
     low, high = registration.get("min_scale"), registration.get("max_scale")
     lo, hi = limits.scale_range
     if (low is not None and low < lo) or (high is not None and high > hi):
+        low_text = "?" if low is None else _beside(low, lo, 3)
+        high_text = "?" if high is None else _beside(high, hi, 3)
         report.flag("registration_quality", "warning",
-                    f"Registration scale factors {low}-{high} lie outside {lo:g}-{hi:g}: the head size or the "
-                    "voxel size looks wrong.")
+                    f"Registration scale factors {low_text}-{high_text} lie outside "
+                    f"{_limit_text(lo)}-{_limit_text(hi)}: the head size or the voxel size looks wrong.")
 
 
 def _confidence(
@@ -611,15 +667,17 @@ def _confidence(
         confidence = float(sums[label] / counts[label])
         name = table.name_of(int(label))
         structures[name] = {"label": int(label), "confidence": round(confidence, 4)}
-        _low_confidence(report, name, int(label), confidence, limits)
+        _low_confidence(report, (name, int(label), table.name), confidence, limits)
     return structures
 
 
-def _low_confidence(report: _Report, name: str, label: int, confidence: float, limits: QCThresholds) -> None:
+def _low_confidence(report: _Report, which: tuple[str, int, str], confidence: float, limits: QCThresholds) -> None:
+    """Flag a label (``(name, id, table name)``) whose mean posterior confidence is below the limits."""
     if confidence >= limits.confidence_warning:
         return
+    name, label, table = which
     severity: Severity = "error" if confidence < limits.confidence_error else "warning"
+    limit = limits.confidence_error if severity == "error" else limits.confidence_warning
     report.flag("low_confidence", severity,
-                f"{name}: mean posterior confidence {confidence:.2f} is below "
-                f"{limits.confidence_error if severity == 'error' else limits.confidence_warning:g}; "
-                "its boundary is uncertain, review it.", label)
+                f"{name}: mean posterior confidence {_beside(confidence, limit, 2)} is below {_limit_text(limit)}; "
+                "its boundary is uncertain, review it.", label, table)

@@ -2,7 +2,9 @@
 
 :func:`build_report` writes ``report.html`` (inline CSS, figures as base64 PNG, no scripts or
 external resources) and ``report.pdf`` (matplotlib ``PdfPages``: figure pages, then table pages)
-into a folder, each atomically. The report shows the patient/study header (only the fields given),
+into a folder, each atomically. The report opens with the key findings (headline volumes with their
+normalised values, adult ranges and QC flags, then the QC errors and warnings: the PDF's first page,
+under the title and a few patient and scan fields), then shows the patient/study header (only the fields given),
 the scan in three planes with tissue and structure overlays and the brain-mask contour, the volume
 tables (eTIV, tissue totals, structures with % of eTIV and asymmetry), QC flags, provenance from the
 run manifest and, for two time points, the change table and bar plot.
@@ -107,12 +109,13 @@ def build_report(
                        followup_image=followup_image, convention=convention)
     content = _content(image, volumes=volumes, manifest=manifest, qc=qc, header=header, change=change,
                        followup_image=followup_image, figures=figures)
+    thumbnail = _thumbnail(image, brain_mask=brain_mask, tissue=tissue, dseg=dseg, convention=convention)
     html_text = render_html(content, {f.key: png_data_uri(f.figure) for f in figures})
     html_path, pdf_path = (folder / name for name in REPORT_FILES)
     with atomic_path(html_path) as tmp:
         tmp.write_text(html_text, encoding="utf-8")
     with atomic_path(pdf_path) as tmp:
-        write_pdf(tmp, content, figures)
+        write_pdf(tmp, content, figures, thumbnail=thumbnail)
     return list(REPORT_FILES)
 
 
@@ -182,6 +185,21 @@ def _figures(
     return figures
 
 
+def _thumbnail(
+    image: Image, *, brain_mask: LabelImage | None, tissue: LabelImage | None, dseg: LabelImage | None,
+    convention: Convention,
+) -> ReportFigure:
+    """One row of the three planes (structures, else tissue overlay) for the PDF's first page."""
+    from mriquant.core.labels import TISSUES, freesurfer
+    from mriquant.report.figures import Overlay, brain_centre_mm, planes_figure
+
+    overlay = Overlay("Structures", dseg, freesurfer()) if dseg is not None else (
+        Overlay("Tissue", tissue, TISSUES) if tissue is not None else None)
+    return planes_figure(image, overlays=[overlay] if overlay else [], brain_mask=brain_mask,
+                         centre_mm=brain_centre_mm(image, [brain_mask, tissue, dseg]), convention=convention,
+                         key="thumbnail", title="Overview", legend=False)  # fmt: skip
+
+
 def _content(
     image: Image,
     *,
@@ -195,12 +213,14 @@ def _content(
 ) -> ReportContent:
     from mriquant import __version__
     from mriquant.report import html
+    from mriquant.report.findings import findings_section
 
     tables = [html.header_table(image, header), html.geometry_table(image, "Baseline scan" if change else "Scan")]
     if followup_image is not None:
         tables.append(html.geometry_table(followup_image, "Follow-up scan"))
     image_keys = tuple(f.key for f in figures if f.key in ("planes", "followup"))
     sections = [
+        findings_section(volumes, qc),
         html.Section("patient", "Patient and scan", tuple(tables)),
         html.Section("images", "Images", figures=image_keys),
         html.volumes_section(volumes),
@@ -210,4 +230,4 @@ def _content(
     sections += [html.qc_section(qc), html.provenance_section(manifest)]
     title = "Brain MRI volumetry report" + (" — change between scans" if change is not None else "")
     return html.ReportContent(title, html.identity(image, header), tuple(sections), f"mriquant {__version__}",
-                              {f.key: f for f in figures})
+                              {f.key: f for f in figures}, html.brief_table(image, header))

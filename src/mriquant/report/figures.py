@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 from mriquant.core.geometry import reorient
 from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import LabelTable, freesurfer
+from mriquant.report.fonts import SANS, fonts_context, safe_text
 
 Convention = Literal["radiological", "neurological"]
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -112,8 +113,8 @@ class _Panel:
 
 
 def plain_text(text: str) -> str:
-    """Return ``text`` safe for matplotlib (a ``$`` would otherwise start mathtext)."""
-    return text.replace("$", r"\$")
+    r"""Return ``text`` safe for matplotlib: no mathtext (``$``), no glyph the fonts lack (written ``\uXXXX``)."""
+    return safe_text(text, SANS).replace("$", r"\$")
 
 
 def png_data_uri(figure: Figure, *, dpi: int = PNG_DPI) -> str:
@@ -316,6 +317,7 @@ def planes_figure(
     convention: Convention = "radiological",
     key: str = "planes",
     title: str = "Scan",
+    legend: bool = True,
 ) -> ReportFigure:
     """The scan in axial, coronal and sagittal planes through the brain centre.
 
@@ -333,6 +335,8 @@ def planes_figure(
         Left-right display convention, stated on the figure.
     key, title : str
         Figure identifier and title.
+    legend : bool
+        Draw the label legend beside each row (False: a compact figure, e.g. the PDF's first-page overview).
 
     Returns
     -------
@@ -346,6 +350,22 @@ def planes_figure(
     'planes'
 
     """
+    with fonts_context():
+        return _planes_figure(image, overlays=overlays, brain_mask=brain_mask, centre_mm=centre_mm,
+                              convention=convention, key=key, title=title, legend=legend)
+
+
+def _planes_figure(
+    image: Image,
+    *,
+    overlays: Sequence[Overlay],
+    brain_mask: LabelImage | None,
+    centre_mm: npt.NDArray[np.float64] | None,
+    convention: Convention,
+    key: str,
+    title: str,
+    legend: bool,
+) -> ReportFigure:
     ras = reorient(image, "RAS")
     if centre_mm is None:
         centre_mm = brain_centre_mm(image, [brain_mask, *(o.labels for o in overlays)])
@@ -355,7 +375,7 @@ def planes_figure(
     masks = [None if brain_mask is None else _label_slice(brain_mask, ras, p) != 0 for p in panels]
     window = _window(grays, masks)
     rows: Sequence[Overlay | None] = list(overlays) or [None]
-    with_legend = bool(overlays) or brain_mask is not None
+    with_legend = legend and (bool(overlays) or brain_mask is not None)
     figure = _new_figure(11.0 if with_legend else 9.0, 0.6 + 3.1 * len(rows))
     axes = figure.subplots(len(rows), 3 + with_legend, squeeze=False,
                            width_ratios=[1.0, 1.0, 1.0, 0.62][: 3 + with_legend])
@@ -397,6 +417,11 @@ def change_figure(change: Mapping[str, Any], *, key: str = "change") -> ReportFi
         None when there is no numeric change to plot.
 
     """
+    with fonts_context():
+        return _change_figure(change, key)
+
+
+def _change_figure(change: Mapping[str, Any], key: str) -> ReportFigure | None:
     names: list[str] = []
     values: list[float] = []
     colours: list[tuple[float, float, float]] = []

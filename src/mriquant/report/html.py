@@ -24,6 +24,7 @@ import numpy as np
 
 from mriquant.core.image import Image
 from mriquant.core.labels import TISSUES, freesurfer
+from mriquant.report.dicom_text import format_value
 from mriquant.report.figures import ReportFigure, label_rgb
 
 #: The dash shown for an undefined value.
@@ -115,6 +116,11 @@ class ReportContent:
         In reading order.
     generator : str
         ``"mriquant <version>"`` of the code that wrote the report.
+    figures : dict of str to ReportFigure
+        The figures the sections name, by key.
+    brief : Table or None
+        A few patient and scan fields for the PDF's first page (:func:`brief_table`); the full header
+        table is in the sections.
 
     """
 
@@ -123,13 +129,15 @@ class ReportContent:
     sections: tuple[Section, ...]
     generator: str
     figures: dict[str, ReportFigure] = field(default_factory=dict)
+    brief: Table | None = None
 
     def cells(self) -> Iterator[Cell]:
-        """Every table cell, in reading order."""
-        for section in self.sections:
-            for table in section.tables:
-                for row in table.rows:
-                    yield from row
+        """Every table cell, in reading order (the brief first)."""
+        tables = [self.brief] if self.brief is not None else []
+        tables += [table for section in self.sections for table in section.tables]
+        for table in tables:
+            for row in table.rows:
+                yield from row
 
     def footnotes(self) -> dict[str, int]:
         """Number of each distinct reason of a :class:`Missing` cell, in order of first appearance."""
@@ -203,39 +211,57 @@ DICOM_LABELS: dict[str, str] = {
     "Manufacturer": "Manufacturer",
     "ManufacturerModelName": "Scanner model",
     "MagneticFieldStrength": "Field strength (T)",
+    "PatientWeight": "Weight (kg)",
+    "StudyID": "Study ID",
+    "SeriesDate": "Series date",
+    "SeriesTime": "Series time",
+    "ProtocolName": "Protocol",
+    "BodyPartExamined": "Body part",
+    "SoftwareVersions": "Software versions",
+    "ReferringPhysicianName": "Referring physician",
+    "SOPClassUID": "Image type (SOP class)",
 }
-
-
-def _dicom_value(keyword: str, value: str) -> str:
-    """DICOM dates (DA, ``YYYYMMDD``) as ISO ``YYYY-MM-DD``; everything else as given."""
-    if keyword.endswith("Date") and re.fullmatch(r"\d{8}", value):
-        return f"{value[:4]}-{value[4:6]}-{value[6:]}"
-    return value
 
 
 def header_table(image: Image, header: Mapping[str, str] | None) -> Table:
     """Patient and study fields that ``header`` holds (only those present), or the input file name.
 
-    With ``header`` None, the DICOM fields the reader stored in ``image.meta["dicom"]`` are used;
+    Values are formatted for reading by :func:`mriquant.report.dicom_text.format_value` (dates, times, ages,
+    names, lists). With ``header`` None, the DICOM fields the reader stored in ``image.meta["dicom"]`` are used;
     a non-DICOM input shows its file name only. Nothing is invented.
     """
     fields = header if header is not None else image.meta.get("dicom")
     rows: list[tuple[Cell, ...]] = []
     if isinstance(fields, Mapping) and fields:
-        present = [k for k in fields if str(fields[k]).strip()]
+        present = [k for k in fields if format_value(k, fields[k])]
         ordered = [k for k in DICOM_LABELS if k in present] + [k for k in present if k not in DICOM_LABELS]
-        rows = [(DICOM_LABELS.get(k) or humanise(k), _dicom_value(k, str(fields[k]).strip())) for k in ordered]
+        rows = [(DICOM_LABELS.get(k) or humanise(k), format_value(k, fields[k])) for k in ordered]
     if not rows:
         source = image.meta.get("source")
         rows = [("File", Path(str(source)).name if source else Missing("no file name recorded"))]
     return Table("header", "Patient and study", ("Field", "Value"), tuple(rows))
 
 
+#: Header fields of the first page, in order (the rest, UIDs included, are in the full header table).
+BRIEF_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientAge", "PatientSex", "StudyDate",
+                "StudyDescription", "SeriesDescription", "Manufacturer", "ManufacturerModelName",
+                "MagneticFieldStrength")
+
+
+def brief_table(image: Image, header: Mapping[str, str] | None) -> Table:
+    """The first page's patient and scan lines: :data:`BRIEF_FIELDS` that are present, or the file name."""
+    full = header_table(image, header)
+    labels = {DICOM_LABELS.get(k) or humanise(k) for k in BRIEF_FIELDS}
+    rows = tuple(r for r in full.rows if r[0] in labels or r[0] == "File")
+    return Table("brief", "Patient and scan", full.columns, rows or full.rows[:1])
+
+
 def identity(image: Image, header: Mapping[str, str] | None) -> str:
     """Short running header: patient name and ID when known, else the input file name."""
     fields = header if header is not None else image.meta.get("dicom")
     if isinstance(fields, Mapping):
-        parts = [str(fields[k]).strip() for k in ("PatientName", "PatientID") if str(fields.get(k, "")).strip()]
+        parts = [format_value(k, fields[k]) for k in ("PatientName", "PatientID") if k in fields]
+        parts = [p for p in parts if p]
         if parts:
             return " · ".join(parts)
     source = image.meta.get("source")
@@ -259,7 +285,7 @@ _TISSUE_ROWS = (
     ("csf_ml", "CSF", 1),
     ("gm_ml", "Grey matter", 2),
     ("wm_ml", "White matter", 3),
-    ("parenchyma_ml", "Parenchyma (GM + WM)", None),
+    ("parenchyma_ml", "Brain parenchyma (GM + WM, tissue map)", None),
     ("csf_pv_ml", "CSF, partial-volume estimate", None),
     ("gm_pv_ml", "Grey matter, partial-volume estimate", None),
     ("wm_pv_ml", "White matter, partial-volume estimate", None),
@@ -275,27 +301,64 @@ def _etiv_reason(volumes: Mapping[str, Any]) -> str:
     return "not given in volumes.json"
 
 
+#: Row titles of the structure-map totals (``volumes.json`` ``totals``).
+_TOTAL_TITLES = {
+    "parenchyma_ml": "Brain parenchyma (structure map)",
+    "ventricles_ml": "Ventricles (structure map)",
+}
+#: Why the atlas-scaling eTIV is shown and not used.
+ETIV_AFFINE_NOTE = ("eTIV, atlas-scaling estimate: the template's intracranial volume divided by the scaling of "
+                    "the registration to it (as FreeSurfer's eTIV); a cross-check only. Every % of eTIV and the "
+                    "parenchymal fraction use the brain-mask eTIV above.")
+#: Why the partial-volume tissue figures differ from the others.
+PARTIAL_VOLUME_NOTE = ("Partial-volume estimates add up each tissue's probability in every voxel (a voxel on a "
+                       "boundary counts partly to both tissues); the figures above them count every voxel wholly "
+                       "as its most probable tissue. The two agree within a few percent.")
+#: Why structure 24 (CSF) is much smaller than the tissue map's CSF.
+CSF_LABEL_NOTE = ("Structure 24 CSF holds only the CSF the structure map labels as such (by the labelling protocol "
+                  "of the method, often a small space near the brainstem), not all the CSF: the CSF of the whole "
+                  "intracranial volume is the tissue map's CSF.")
+#: Why the two parenchyma figures differ.
+PARENCHYMA_NOTE = ("Brain parenchyma (tissue map) counts the voxels classified as grey or white matter; it is the "
+                   "one used for the parenchymal fraction. Brain parenchyma (structure map) adds up every structure "
+                   "label except ventricles, CSF, vessels and choroid plexus: anatomical labels include the CSF in "
+                   "the sulci they enclose, so this figure is usually the larger.")
+
+
 def tissue_table(volumes: Mapping[str, Any]) -> Table:
-    """Intracranial volume (eTIV) with its method, tissue totals, parenchymal fraction and structure totals."""
+    """Intracranial volume (eTIV) with its method, tissue totals, parenchymal fraction and structure totals.
+
+    The brain-mask eTIV is the headline (it normalises every value); the atlas-scaling estimate and the
+    structure-map parenchyma are explained in the table's notes where they appear.
+    """
     etiv_reason = _etiv_reason(volumes)
     rows: list[tuple[Cell, ...]] = [
         ("Intracranial volume (eTIV)", ml(volumes.get("etiv_ml"), missing=etiv_reason), "mL"),
         ("eTIV method", str(volumes.get("etiv_method") or "not recorded"), ""),
     ]
+    notes: list[str] = []
     if "etiv_affine_ml" in volumes:
-        rows.append(("eTIV, atlas-scaling estimate", ml(volumes.get("etiv_affine_ml"),
-                                                        missing="no transform to the template"), "mL"))
+        reason = str(volumes.get("etiv_affine_reason") or "no transform to the template")
+        rows.append(("eTIV, atlas-scaling estimate (cross-check, not used)",
+                     ml(volumes.get("etiv_affine_ml"), missing=reason), "mL"))
+        notes.append(ETIV_AFFINE_NOTE)
     tissues = volumes.get("tissues")
     if isinstance(tissues, Mapping):
         rows.extend(_tissue_rows(tissues))
+        if any(key.endswith("_pv_ml") and tissues[key] is not None for key in tissues):
+            notes.append(PARTIAL_VOLUME_NOTE)
+    else:
+        notes.append("No tissue segmentation was given: no tissue totals.")
     totals = volumes.get("totals")
     if isinstance(totals, Mapping):
         for key, value in totals.items():
             if key.endswith("_ml"):
-                rows.append((f"{humanise(key.removesuffix('_ml'))} (from structures)", ml(value), "mL"))
-    notes = () if isinstance(tissues, Mapping) else ("No tissue segmentation was given: no tissue totals.",)
+                title = _TOTAL_TITLES.get(key) or f"{humanise(key.removesuffix('_ml'))} (structure map)"
+                rows.append((title, ml(value), "mL"))
+        if "parenchyma_ml" in totals and isinstance(tissues, Mapping):
+            notes.append(PARENCHYMA_NOTE)
     return Table("tissues", "Intracranial volume and tissue totals", ("Measure", "Value", "Unit"),
-                 tuple(rows), frozenset({1}), notes)
+                 tuple(rows), frozenset({1}), tuple(notes))
 
 
 def _tissue_rows(tissues: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
@@ -350,8 +413,10 @@ def structure_table(volumes: Mapping[str, Any]) -> Table | None:
         cells.append(asym.get(label, "") if isinstance(label, int) else "")
         rows.append(tuple(cells))
     numeric = frozenset({0, *range(2, len(columns))})
-    note = "Asymmetry index = (left − right) / mean of left and right, shown on both sides of each pair."
-    return Table("structures", "Structure volumes", tuple(columns), tuple(rows), numeric, (note,))
+    notes = ["Asymmetry index = (left − right) / mean of left and right, shown on both sides of each pair."]
+    if any(s.get("label") == 24 for s in structures):
+        notes.append(CSF_LABEL_NOTE)
+    return Table("structures", "Structure volumes", tuple(columns), tuple(rows), numeric, tuple(notes))
 
 
 def asymmetry_table(volumes: Mapping[str, Any]) -> Table | None:
@@ -416,33 +481,48 @@ def _severity_level(severity: str) -> str:
 
 
 def qc_section(qc: Mapping[str, Any] | None) -> Section:
-    """QC metrics and flags (severity, code, label, message), most severe first."""
+    """QC metrics (readable name, value, unit) and flags (severity, code, label, message), most severe first."""
+    from mriquant.report.qc_text import metric_rows as named_metric_rows
+
     if qc is None:
         return Section("qc", "Quality control", notes=("No quality-control results were given.",))
     metric_rows: list[tuple[Cell, ...]] = [
-        (humanise(k), scalar(v)) for k, v in qc.items() if k not in ("metrics", "flags") and not isinstance(v, dict)
+        (humanise(k), _plain(v), "") for k, v in qc.items()
+        if k not in ("metrics", "flags") and not isinstance(v, Mapping)
     ]
     metrics = qc.get("metrics")
     if isinstance(metrics, Mapping):
-        metric_rows += [(str(k), scalar(v)) for k, v in metrics.items()]
+        metric_rows += named_metric_rows(metrics)
     flags = sorted(qc.get("flags") or [], key=lambda f: _SEVERITY_ORDER.get(str(f.get("severity", "")).lower(), 1))
     flag_rows = tuple(
         (Badge(str(f.get("severity", "warning")), _severity_level(str(f.get("severity", "warning")))),
-         str(f.get("code", "")), _flag_label(f.get("label")), str(f.get("message", "")))
+         str(f.get("code", "")), _flag_label(f.get("label"), f.get("table")), str(f.get("message", "")))
         for f in flags
     )
     tables = []
     if metric_rows:
-        tables.append(Table("qc-metrics", "QC metrics", ("Metric", "Value"), tuple(metric_rows), frozenset({1})))
+        tables.append(Table("qc-metrics", "QC metrics", ("Metric", "Value", "Unit"), tuple(metric_rows),
+                            frozenset({1})))
     notes = () if flag_rows else ("No QC flags were raised.",)
     if flag_rows:
         tables.append(Table("qc-flags", "QC flags", ("Severity", "Code", "Label", "Reason"), flag_rows))
     return Section("qc", "Quality control", tuple(tables), notes)
 
 
-def _flag_label(label: Any) -> str:
+def _plain(value: Any) -> Cell:
+    """A free-form value as text: numbers as :func:`scalar`, lists joined by commas (never JSON)."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return scalar(value)
+
+
+def _flag_label(label: Any, table: Any = None) -> str:
+    """A flag's label with its name from its map (``table``; structure map when not given)."""
     if isinstance(label, int) and not isinstance(label, bool):
-        return f"{label} {freesurfer().name_of(label)}"
+        if table == "brain_mask":
+            return "brain mask"
+        names = TISSUES if table == "tissues" else freesurfer()
+        return f"{label} {names.name_of(label)}"
     return "" if label is None else str(label)
 
 
@@ -455,9 +535,41 @@ def _manifest_version(manifest: Mapping[str, Any]) -> Cell:
 
 
 def _manifest_method(manifest: Mapping[str, Any]) -> Cell:
-    parameters = manifest.get("parameters") or {}
-    found = manifest.get("method") or (parameters.get("method") if isinstance(parameters, Mapping) else None)
-    return str(found) if found else Missing("not recorded in the manifest")
+    """The segmentation method(s): ``parameters.method`` (``segment``), else the ``run`` pair.
+
+    ``run`` records ``tissue_method`` and ``structure_method``; a tissue method alone that still gave
+    structures (``structures`` true) is a dual method such as ``deep``.
+    """
+    parameters = manifest.get("parameters")
+    parameters = parameters if isinstance(parameters, Mapping) else {}
+    found = manifest.get("method") or parameters.get("method")
+    if found:
+        return str(found)
+    tissue, structure = parameters.get("tissue_method"), parameters.get("structure_method")
+    if tissue and structure:
+        return f"{tissue} (tissues), {structure} (structures)"
+    if tissue:
+        return f"{tissue} (tissues and structures)" if parameters.get("structures") else f"{tissue} (tissues)"
+    if structure:
+        return f"{structure} (structures)"
+    return Missing("not recorded in the manifest")
+
+
+#: What the report's processing time is, and how it relates to the manifest's total.
+TIME_NOTE = ("Processing time: the sum of the processing steps' times below, as recorded in manifest.json "
+             "(steps). manifest.json's \"seconds\" is the command's whole wall-clock time, which also counts "
+             "reading the input and writing the outputs (this report among them), so it is a little longer.")
+
+
+def _steps_seconds(manifest: Mapping[str, Any]) -> Cell:
+    """Sum of the steps' ``seconds`` (undefined when no step, or any step, was timed)."""
+    steps = [s for s in manifest.get("steps") or [] if isinstance(s, Mapping)]
+    times = [s.get("seconds") for s in steps]
+    if not steps:
+        return Missing("no processing steps recorded in the manifest")
+    if not all(isinstance(t, int | float) for t in times):
+        return Missing("a processing step was not timed")
+    return number(sum(times), 1, missing="not timed")
 
 
 def _summary_rows(manifest: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
@@ -471,7 +583,7 @@ def _summary_rows(manifest: Mapping[str, Any]) -> list[tuple[Cell, ...]]:
         ("Method", _manifest_method(manifest)),
         ("Command", command or Missing("not recorded in the manifest")),
         ("Started (UTC)", scalar(manifest.get("started"))),
-        ("Total time (s)", number(manifest.get("seconds"), 1, missing="not recorded in the manifest")),
+        ("Processing time (s)", _steps_seconds(manifest)),
     ]
     if isinstance(plat, Mapping):
         rows.append(("Platform", " / ".join(str(v) for v in plat.values())))
@@ -505,7 +617,7 @@ def _inputs_table(manifest: Mapping[str, Any]) -> Table | None:
 def provenance_section(manifest: Mapping[str, Any]) -> Section:
     """Version, method, command, timings, steps with parameters, input hashes, outputs, library versions."""
     tables: list[Table | None] = [
-        Table("run", "Run", ("Item", "Value"), tuple(_summary_rows(manifest))),
+        Table("run", "Run", ("Item", "Value"), tuple(_summary_rows(manifest)), notes=(TIME_NOTE,)),
         _steps_table(manifest),
         _inputs_table(manifest),
     ]
