@@ -89,7 +89,8 @@ def test_csv_has_the_etiv_and_total_rows_of_the_json(phantom: Phantom) -> None:
     rows = list(csv.DictReader(io.StringIO(volumes_csv(doc))))
     extra = {r["name"]: r for r in rows if r["kind"] not in ("tissue", "structure")}
     assert set(extra) == {"etiv_ml", "etiv_affine_ml", "tissues.parenchyma_ml", "totals.parenchyma_ml",
-                          "totals.ventricles_ml"}
+                          "totals.ventricles_ml", "totals.grey_matter_structures_ml",
+                          "totals.white_matter_structures_ml"}
     assert float(extra["etiv_ml"]["volume_ml"]) == pytest.approx(doc["etiv_ml"])
     assert float(extra["etiv_affine_ml"]["volume_ml"]) == pytest.approx(doc["etiv_affine_ml"])
     assert float(extra["tissues.parenchyma_ml"]["volume_ml"]) == pytest.approx(doc["tissues"]["parenchyma_ml"])

@@ -56,6 +56,10 @@ CSV_SUMMARY_ROWS = (
                                                   "except ventricles, CSF, vessels and choroid plexus"),
     ("structure_total", "totals", "ventricles_ml", "Ventricles from the structure map: lateral, inferior lateral, "
                                                   "3rd, 4th and 5th ventricles"),
+    ("structure_total", "totals", "grey_matter_structures_ml", "Grey-matter structures summed: cortices and "
+                                                              "subcortical nuclei (at most the tissue map's GM)"),
+    ("structure_total", "totals", "white_matter_structures_ml", "White-matter structures summed: cerebral and "
+                                                               "cerebellar white matter, brain stem"),
 )  # fmt: skip
 #: Shape keys copied from :func:`mriquant.quantify.shape.structure_shapes` into each structure row.
 SHAPE_KEYS = ("surface_area_mm2", "sphericity", "compactness", "centroid_mm", "principal_axes_mm", "bbox_mm",

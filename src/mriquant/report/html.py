@@ -305,6 +305,8 @@ def _etiv_reason(volumes: Mapping[str, Any]) -> str:
 _TOTAL_TITLES = {
     "parenchyma_ml": "Brain parenchyma (structure map)",
     "ventricles_ml": "Ventricles (structure map)",
+    "grey_matter_structures_ml": "Grey-matter structures, summed (structure map)",
+    "white_matter_structures_ml": "White-matter structures, summed (structure map)",
 }
 #: Why the atlas-scaling eTIV is shown and not used.
 ETIV_AFFINE_NOTE = ("eTIV, atlas-scaling estimate: the template's intracranial volume divided by the scaling of "
@@ -321,8 +323,10 @@ CSF_LABEL_NOTE = ("Structure 24 CSF holds only the CSF the structure map labels 
 #: Why the two parenchyma figures differ.
 PARENCHYMA_NOTE = ("Brain parenchyma (tissue map) counts the voxels classified as grey or white matter; it is the "
                    "one used for the parenchymal fraction. Brain parenchyma (structure map) adds up every structure "
-                   "label except ventricles, CSF, vessels and choroid plexus: anatomical labels include the CSF in "
-                   "the sulci they enclose, so this figure is usually the larger.")
+                   "label except ventricles, CSF, vessels and choroid plexus. The structure map is reconciled with "
+                   "the tissue map (sulcal CSF is not cortex, subcortical nuclei are grey matter), so the two agree "
+                   "within a few mL: the structure figure also holds the few CSF voxels inside the brain stem and "
+                   "diencephalon, and misses grey or white matter that no structure claims.")
 
 
 def tissue_table(volumes: Mapping[str, Any]) -> Table:
