@@ -7,7 +7,7 @@ ventricle, and brainstem): Dice and HD95 (mm) from :func:`mriquant.evaluate.eval
 Methods (same registration of each subject to MNI152, affine + SyN, computed once and timed):
 
 - ``loo-em`` / ``loo-majority`` / ``loo-local``: the MICCAI library built by
-  ``python -m mriquant.segment.atlas_build --pairs ../shared/data/miccai2012/train --map
+  ``python -m mriquant.training.atlas --pairs ../shared/data/miccai2012/train --map
   miccai2012-to-freesurfer --name miccai2012 ...`` with the test subject left out
   (``--exclude``): locally weighted votes x intensity EM, plain majority voting, locally weighted voting;
 - ``default-em``: the shipped priors-only atlas (20 SynthSeg label maps, FreeSurfer protocol; it never saw
@@ -172,7 +172,7 @@ def report(rows: list[dict[str, Any]], reg_seconds: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--library", required=True, help="MICCAI library atlas (.npz from mriquant.segment.atlas_build)")
+    p.add_argument("--library", required=True, help="MICCAI library atlas (.npz from mriquant.training.atlas)")
     p.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--jlf", type=int, default=0, help="atlases of the ANTs joint label fusion peer (0: skip)")

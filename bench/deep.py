@@ -9,7 +9,7 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   amygdala, lateral ventricle, and brainstem) against ``_glm`` mapped to FreeSurfer ids; tissues: GM and
   WM Dice against ``_classified``.
 - **BrainWeb** T2 and PD (and T1) scans simulated from crisp anatomical models the network never saw (no
-  BrainWeb data is used in training) by :func:`mriquant.testing.brainweb.simulate` (1 mm, 3 % noise,
+  BrainWeb data is used in training) by :func:`mriquant.simulate.brainweb.simulate` (1 mm, 3 % noise,
   20 % bias), segmented inside the true brain mask: tissue GM and WM Dice against the model.
 
 Methods, each on the same image and mask:
@@ -175,7 +175,7 @@ def miccai_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def brainweb_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Tissue methods on simulated BrainWeb scans."""
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     rows = []
     for anatomy in args.anatomies:

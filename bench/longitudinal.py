@@ -50,7 +50,7 @@ from scipy import ndimage
 
 from mriquant.core.case import Case
 from mriquant.core.image import LabelImage
-from mriquant.testing.brainweb import SimulatedScan
+from mriquant.simulate.brainweb import SimulatedScan
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brainweb-crisp"
 RESULTS = Path(__file__).resolve().parent / "longitudinal_results"
@@ -108,7 +108,7 @@ def _tissue_voxels(labels: LabelImage) -> int:
 
 def _scan(labels: LabelImage, seed: int, bias: float) -> SimulatedScan:
     """Simulated T1 (1 mm, noise 3 %), masked with its simulated brain mask."""
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     sim = simulate(labels, contrast="T1", noise=0.03, bias=bias, resolution_mm=1.0, seed=seed)
     masked = sim.image.with_array(np.where(sim.brain_mask.array > 0, sim.image.array, 0).astype(np.float32))

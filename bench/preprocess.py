@@ -10,7 +10,7 @@ Usage::
 Inputs (same for every method):
 
 - BrainWeb held-out anatomies 04, 05, 06 (never used in training or validation) simulated by
-  ``mriquant.testing.brainweb.simulate`` as T1, T2 and PD at 1 mm; ``--grid full`` crosses noise {0, 3, 9} %
+  ``mriquant.simulate.brainweb.simulate`` as T1, T2 and PD at 1 mm; ``--grid full`` crosses noise {0, 3, 9} %
   with bias {0, 20, 40} % (81 scans), ``--grid quick`` takes (0, 0), (3, 20), (9, 40) (27 scans);
   truth = CSF + GM + WM (holes filled);
 - real scans: ``chris_t1`` (no truth: time only), the MS patient 07 T1 and MICCAI 2012 1000_SS (both
@@ -89,7 +89,7 @@ def _save(image: Any, path: Path, *, label: bool = False) -> None:
 def make_inputs(work: Path, grid: list[tuple[float, float]], subjects: tuple[str, ...]) -> list[Case]:
     """Simulate the BrainWeb inputs (cached in ``work``) and list the real ones."""
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     cases = []
     for subject in subjects:

@@ -11,7 +11,7 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   and scikit-learn's GaussianMixture (3 components, full EM on the in-mask intensities, classes
   sorted by mean) run here, in the same mask.
 - BrainWeb: T1, T2 and PD scans simulated from two crisp anatomical models by
-  :func:`mriquant.testing.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
+  :func:`mriquant.simulate.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
   inside the true brain mask.
 
 Every method runs in a forked child process: ``seconds`` is the wall time of the call alone
@@ -206,7 +206,7 @@ def with_n4(case: Case) -> Case:
 
 
 def brainweb_cases(anatomies: tuple[str, ...], grid: list[tuple[str, float, float]]) -> Any:
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     for anatomy in anatomies:
         labels = read_labels(BRAINWEB / f"{anatomy}_crisp_v.mnc.gz")
