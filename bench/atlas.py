@@ -7,7 +7,7 @@ ventricle, and brainstem): Dice and HD95 (mm) from :func:`mriquant.evaluate.eval
 Methods (same registration of each subject to MNI152, affine + SyN, computed once and timed):
 
 - ``loo-em`` / ``loo-majority`` / ``loo-local``: the MICCAI library built by
-  ``python -m mriquant.segment.atlas_build --pairs ../shared/data/miccai2012/train --map
+  ``python -m mriquant.training.atlas --pairs ../shared/data/miccai2012/train --map
   miccai2012-to-freesurfer --name miccai2012 ...`` with the test subject left out
   (``--exclude``): locally weighted votes x intensity EM, plain majority voting, locally weighted voting;
 - ``default-em``: the shipped priors-only atlas (20 SynthSeg label maps, FreeSurfer protocol; it never saw
@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,23 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from _harness import MICCAI, results_dir, run_forked
 from mriquant.evaluate import apply_map, evaluate_labels, load_map
 from mriquant.io import read_image, read_labels
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MICCAI = DATA / "miccai2012" / "train"
-RESULTS = Path(__file__).resolve().parent / "atlas_results"
+RESULTS = results_dir("atlas_results")
 SUBJECTS = ("1000", "1001", "1002", "1006", "1007", "1008", "1009", "1010", "1011", "1012", "1013", "1014", "1015",
             "1017", "1036")  # fmt: skip
 STRUCTURES = {10: "L thal", 49: "R thal", 11: "L caud", 50: "R caud", 12: "L put", 51: "R put", 13: "L pall",
               52: "R pall", 17: "L hipp", 53: "R hipp", 18: "L amyg", 54: "R amyg", 4: "L LV", 43: "R LV",
               16: "stem"}  # fmt: skip
 METHODS = ("loo-em", "loo-majority", "loo-local", "default-em")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _segment(method: str, subject: str, library: str, tx_dir: Path, jlf: int) -> np.ndarray:
@@ -92,20 +83,6 @@ def _jlf(subject: str, image: Any, mask: Any, n: int) -> np.ndarray:
     return np.rint(fused["segmentation"].numpy()).astype(np.int16)
 
 
-def _child(conn: Any, *args: Any) -> None:
-    try:
-        start = _rss_mb()
-        t0 = time.perf_counter()
-        labels = _segment(*args)
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        conn.send({"seconds": seconds, "mb": max(peak - start, 0.0), "labels": labels.astype(np.int16)})
-    except Exception as exc:  # report the failure in the table
-        conn.send({"error": f"{type(exc).__name__}: {exc}"[:300]})
-    finally:
-        conn.close()
-
-
 def register(subject: str, tx_dir: Path) -> float:
     """Register the subject to MNI152 (affine + SyN) once; cached; returns the seconds it took."""
     from mriquant.preprocess.register import register_to_mni
@@ -124,13 +101,10 @@ def register(subject: str, tx_dir: Path) -> float:
 
 def measure(method: str, subject: str, library: str, tx_dir: Path, jlf: int) -> dict[str, Any]:
     """One method on one subject in a forked child: Dice/HD95 per structure, seconds, memory."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, method, subject, library, tx_dir, jlf))
-    proc.start()
-    child.close()
-    result: dict[str, Any] = parent.recv() if parent.poll(3600) else {"error": "timeout"}
-    proc.join()
+    run = run_forked(_segment, method, subject, library, tx_dir, jlf, post=lambda labels: labels.astype(np.int16))
+    result: dict[str, Any] = (
+        {"error": run.error} if run.error else {"seconds": run.seconds, "mb": run.rss_delta_mb, "labels": run.value}
+    )
     row: dict[str, Any] = {"subject": subject, "method": method}
     if "labels" in result:
         truth = apply_map(read_labels(MICCAI / f"{subject}_glm.nii.gz"), load_map("miccai2012-to-freesurfer"))
@@ -172,7 +146,7 @@ def report(rows: list[dict[str, Any]], reg_seconds: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--library", required=True, help="MICCAI library atlas (.npz from mriquant.segment.atlas_build)")
+    p.add_argument("--library", required=True, help="MICCAI library atlas (.npz from mriquant.training.atlas)")
     p.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--jlf", type=int, default=0, help="atlases of the ANTs joint label fusion peer (0: skip)")

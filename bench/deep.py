@@ -9,7 +9,7 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   amygdala, lateral ventricle, and brainstem) against ``_glm`` mapped to FreeSurfer ids; tissues: GM and
   WM Dice against ``_classified``.
 - **BrainWeb** T2 and PD (and T1) scans simulated from crisp anatomical models the network never saw (no
-  BrainWeb data is used in training) by :func:`mriquant.testing.brainweb.simulate` (1 mm, 3 % noise,
+  BrainWeb data is used in training) by :func:`mriquant.simulate.brainweb.simulate` (1 mm, 3 % noise,
   20 % bias), segmented inside the true brain mask: tissue GM and WM Dice against the model.
 
 Methods, each on the same image and mask:
@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -52,25 +50,18 @@ from typing import Any
 
 import numpy as np
 
+from _harness import BRAINWEB, DATA, MICCAI, results_dir, run_forked
 from mriquant.core.image import Image, LabelImage
 from mriquant.evaluate import apply_map, dice, evaluate_labels, load_map
 from mriquant.io import read_image, read_labels
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MICCAI = DATA / "miccai2012" / "train"
-BRAINWEB = DATA / "brainweb-crisp"
-RESULTS = Path(__file__).resolve().parent / "deep_results"
+RESULTS = results_dir("deep_results")
 HELD_OUT = ("1013", "1014", "1015", "1017", "1036")
 STRUCTURES = {10: "L thal", 49: "R thal", 11: "L caud", 50: "R caud", 12: "L put", 51: "R put", 13: "L pall",
               52: "R pall", 17: "L hipp", 53: "R hipp", 18: "L amyg", 54: "R amyg", 4: "L LV", 43: "R LV",
               16: "stem"}  # fmt: skip
 TARGET_STRUCTURES = 0.80
 TARGET_TISSUE = 0.80
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
@@ -92,33 +83,19 @@ def _segment(method: str, image: Image, mask: LabelImage, subject: str, args: ar
     return cls(options).segment(image, mask)
 
 
-def _child(conn: Any, method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
-           contrast: str | None) -> None:  # fmt: skip
-    try:
-        start = _rss_mb()
-        t0 = time.perf_counter()
-        seg = _segment(method, image, mask, subject, args, contrast)
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        conn.send({"seconds": seconds, "mb": max(peak - start, 0.0), "tissue": seg.tissue, "dseg": seg.dseg,
-                   "info": {k: v for k, v in seg.info.items() if k.endswith("seconds")}})  # fmt: skip
-    except Exception as exc:  # a failure is a row in the table, not the end of the benchmark
-        conn.send({"error": f"{type(exc).__name__}: {exc}"[:300]})
-    finally:
-        conn.close()
+def _outputs(seg: Any) -> dict[str, Any]:
+    """What the parent scores: the label maps and the method's own timings."""
+    timings = {k: v for k, v in seg.info.items() if k.endswith("seconds")}
+    return {"tissue": seg.tissue, "dseg": seg.dseg, "info": timings}
 
 
 def run(method: str, image: Image, mask: LabelImage, subject: str, args: argparse.Namespace,
         contrast: str | None = None) -> dict[str, Any]:  # fmt: skip
     """``method`` on one scan in a forked child: its outputs, seconds and peak memory."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, method, image, mask, subject, args, contrast))
-    proc.start()
-    child.close()
-    result: dict[str, Any] = parent.recv() if parent.poll(3600) else {"error": "timeout"}
-    proc.join()
-    return result
+    run = run_forked(_segment, method, image, mask, subject, args, contrast, post=_outputs)
+    if run.error:  # a failure is a row in the table, not the end of the benchmark
+        return {"error": run.error}
+    return {"seconds": run.seconds, "mb": run.rss_delta_mb, **run.value}
 
 
 def _tissue_scores(tissue: LabelImage | None, truth: np.ndarray) -> dict[str, float | None]:
@@ -175,7 +152,7 @@ def miccai_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def brainweb_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Tissue methods on simulated BrainWeb scans."""
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     rows = []
     for anatomy in args.anatomies:

@@ -37,23 +37,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing as mp
-import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from _harness import BRAINWEB, results_dir, run_forked
 from mriquant.core.case import Case
 from mriquant.core.image import LabelImage
-from mriquant.testing.brainweb import SimulatedScan
+from mriquant.simulate.brainweb import SimulatedScan
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brainweb-crisp"
-RESULTS = Path(__file__).resolve().parent / "longitudinal_results"
+RESULTS = results_dir("longitudinal_results")
 TARGET_ERROR = 0.3
 TARGET_RESCAN = 0.3
 
@@ -108,7 +105,7 @@ def _tissue_voxels(labels: LabelImage) -> int:
 
 def _scan(labels: LabelImage, seed: int, bias: float) -> SimulatedScan:
     """Simulated T1 (1 mm, noise 3 %), masked with its simulated brain mask."""
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     sim = simulate(labels, contrast="T1", noise=0.03, bias=bias, resolution_mm=1.0, seed=seed)
     masked = sim.image.with_array(np.where(sim.brain_mask.array > 0, sim.image.array, 0).astype(np.float32))
@@ -142,7 +139,7 @@ def run_pair(subject: str, kind: str, loss: float, index: int, mode: str = "pipe
     from mriquant.io import read_labels
 
     t0 = time.perf_counter()
-    labels = read_labels(DATA / f"subject{subject}_crisp_v.mnc.gz")
+    labels = read_labels(BRAINWEB / f"subject{subject}_crisp_v.mnc.gz")
     changed = thin_cortex(labels, loss) if kind == "thin" else labels
     angles = (3.0 + index, -2.0, 4.0 - index)
     moved = rotate_labels(changed, angles, shift_vox=3.0)
@@ -165,25 +162,13 @@ def run_pair(subject: str, kind: str, loss: float, index: int, mode: str = "pipe
             "dice": reg["halfway"]["brain_mask_dice"]}  # fmt: skip
 
 
-def _child(queue: Any, *args: Any) -> None:
-    try:
-        row = run_pair(*args)
-    except Exception as exc:  # reported in the parent, which must not wait forever
-        queue.put({"failed": f"{type(exc).__name__}: {exc}"})
-        raise
-    row["MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    queue.put(row)
-
-
 def _forked(*args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, *args))
-    proc.start()
-    row: dict[str, Any] = queue.get()
-    proc.join()
-    if "failed" in row:
-        raise RuntimeError(f"pair {args} failed: {row['failed']}")
+    """One pair in a forked child; ``MB`` is the child's peak resident memory (the simulation included)."""
+    run = run_forked(run_pair, *args, timeout=None, error_chars=None, print_traceback=True)
+    if run.error:
+        raise RuntimeError(f"pair {args} failed: {run.error}")
+    row: dict[str, Any] = run.value
+    row["MB"] = run.peak_mb
     return row
 
 
@@ -226,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cheaper 'truth' mode: no N4 or segmentation, the simulated tissue map as baseline")
     parser.add_argument("--append", action="store_true", help="merge the rows into the existing latest.json")
     args = parser.parse_args(argv)  # fmt: skip
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found", file=sys.stderr)
+    if not BRAINWEB.is_dir():
+        print(f"skipped: {BRAINWEB} not found", file=sys.stderr)
         return 0
     mode = "truth" if args.truth_tissue else "pipeline"
     rows: list[dict[str, Any]] = []

@@ -34,24 +34,20 @@ import argparse
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from _harness import DATA, peak_rss_mb, run_script, timed
 from mriquant.core.geometry import resample_like
 from mriquant.core.image import Image, LabelImage
 from mriquant.io import read_image
 from mriquant.preprocess.bias import N4Options, foreground_mask, n4
 from mriquant.preprocess.normalize import white_matter_mode
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCANS = ("chris_t1", "brainweb_rf20", "phantom_1mm")
 METHODS = ("mriquant", "sitk")
 
@@ -90,18 +86,18 @@ def sitk_n4(image: Image, mask: LabelImage, options: N4Options) -> np.ndarray:
 
 def run_one(scan: str, method: str, data: Path, out: Path) -> dict[str, Any]:
     image = load_image(scan, data)
-    t0, c0 = time.perf_counter(), time.process_time()
-    if method == "mriquant":
-        field = n4(image, return_field=True).field
-        assert field is not None
-        array = field.array
-    else:
-        mask = foreground_mask(image)
-        fit = (mask.array > 0) & (image.array > 0)
-        array = sitk_n4(image, mask, N4Options())
-        array = array / np.exp(np.log(array[fit]).mean())
-    row = {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    with timed() as timing:
+        if method == "mriquant":
+            field = n4(image, return_field=True).field
+            assert field is not None
+            array = field.array
+        else:
+            mask = foreground_mask(image)
+            fit = (mask.array > 0) & (image.array > 0)
+            array = sitk_n4(image, mask, N4Options())
+            array = array / np.exp(np.log(array[fit]).mean())
+    row = {"seconds": timing.seconds, "cpu": timing.cpu}
+    row["peak_rss_mb"] = peak_rss_mb()
     np.save(out / f"{scan}_{method}.npy", array.astype(np.float32))
     return row
 
@@ -175,21 +171,18 @@ def metrics(scan: str, image: Image, fields: dict[str, np.ndarray]) -> dict[str,
 
 
 def _run_child(scan: str, method: str, data: Path, out: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--data", str(data), "--one", scan, method, out]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    row: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    return row
+    return run_script(__file__, "--data", str(data), "--one", scan, method, out).report()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--one", nargs=3, metavar=("SCAN", "METHOD", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.data, Path(args.one[2]))))
         return
-    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    parent_mb = peak_rss_mb()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; this process {parent_mb:.0f} MB")
     header = f"{'scan':<14} {'method':<9} {'seconds':>7} {'cpu s':>6} {'RSS MB':>7} {'WM CoV before':>13} {'after':>7}"
     print(header + f" {'field r':>7} {'WM field CoV left/true':>22}")

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _harness import MICCAI
 from mriquant.core.image import Image, LabelImage
 from mriquant.io import read_image, read_labels
 from mriquant.preprocess.normalize import learn_nyul, learn_nyul_from_folder, nyul, wm_peak, zscore
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "miccai2012" / "train"
 EXTRA = {
     "data": "MICCAI 2012 Multi-Atlas Labeling challenge training set (OASIS T1 scans, 1 mm, skull-stripped; "
     "brain masks from the Neuromorphometrics manual labels), as distributed in github muschellij2/malf.templates "
@@ -84,7 +84,7 @@ def spread(values: np.ndarray, gap: float, *, has_zero: bool) -> tuple[str, str]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=MICCAI)
     parser.add_argument("--write-landmarks", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.write_landmarks is not None:

@@ -10,7 +10,7 @@ Usage::
 Inputs (same for every method):
 
 - BrainWeb held-out anatomies 04, 05, 06 (never used in training or validation) simulated by
-  ``mriquant.testing.brainweb.simulate`` as T1, T2 and PD at 1 mm; ``--grid full`` crosses noise {0, 3, 9} %
+  ``mriquant.simulate.brainweb.simulate`` as T1, T2 and PD at 1 mm; ``--grid full`` crosses noise {0, 3, 9} %
   with bias {0, 20, 40} % (81 scans), ``--grid quick`` takes (0, 0), (3, 20), (9, 40) (27 scans);
   truth = CSF + GM + WM (holes filled);
 - real scans: ``chris_t1`` (no truth: time only), the MS patient 07 T1 and MICCAI 2012 1000_SS (both
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # benchmark this checkout, not an installed copy
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "skullstrip_results"
+from _harness import DATA, REPO, own_peak_mb, results_dir, run_script
+
+sys.path.insert(0, str(REPO / "src"))  # benchmark this checkout, not an installed copy
+RESULTS = results_dir("skullstrip_results")
 HELD_OUT = ("subject04", "subject05", "subject06")
 CONTRASTS = ("T1", "T2", "PD")
 GRIDS = {
@@ -89,7 +88,7 @@ def _save(image: Any, path: Path, *, label: bool = False) -> None:
 def make_inputs(work: Path, grid: list[tuple[float, float]], subjects: tuple[str, ...]) -> list[Case]:
     """Simulate the BrainWeb inputs (cached in ``work``) and list the real ones."""
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     cases = []
     for subject in subjects:
@@ -233,22 +232,7 @@ def worker(method: str, image_path: str, out_path: str) -> None:
             mask = run_ants(image)
     seconds = time.perf_counter() - t0
     nib.save(nib.Nifti1Image(mask.array.astype(np.uint8), mask.affine), out_path)
-    print(json.dumps({"seconds": seconds, "peak_mb": _own_peak_mb()}))
-
-
-def _own_peak_mb() -> float | None:
-    """This process's peak resident memory since its ``exec`` (Linux ``VmHWM``), None elsewhere.
-
-    ``ru_maxrss`` of a child is not that: Linux carries the parent's peak across fork and exec, so a
-    benchmark that has just simulated its inputs would charge their memory to every method.
-    """
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    for line in status.read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1]) / 1024.0
-    return None
+    print(json.dumps({"seconds": seconds, "peak_mb": own_peak_mb()}))
 
 
 # --------------------------------------------------------------------------- measuring
@@ -256,16 +240,12 @@ def _own_peak_mb() -> float | None:
 
 def run_child(method: str, case: Case, out: Path) -> tuple[float | None, float | None, str]:
     """Run one method on one case in a child process; return (seconds, peak MB, error note)."""
-    cmd = [sys.executable, __file__, "--worker", method, case.image, str(out)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout, stderr = proc.stdout.read() if proc.stdout else "", proc.stderr.read() if proc.stderr else ""
-    peak_mb = usage.ru_maxrss / 1024.0
-    if os.waitstatus_to_exitcode(status) != 0:
-        return None, peak_mb, (stderr.strip().splitlines() or ["failed"])[-1][:160]
-    report = json.loads(stdout.strip().splitlines()[-1])
-    return float(report["seconds"]), report.get("peak_mb") or peak_mb, ""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    run = run_script(__file__, "--worker", method, case.image, str(out), env=env, check=False)
+    if run.returncode != 0:
+        return None, run.peak_mb, (run.stderr.strip().splitlines() or ["failed"])[-1][:160]
+    report = run.report()
+    return float(report["seconds"]), report.get("peak_mb") or run.peak_mb, ""
 
 
 def score(pred_path: Path, truth_path: str | None) -> tuple[float | None, float | None]:

@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -50,13 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from _harness import MICCAI, results_dir, run_forked
 from mriquant.core.image import Image, LabelImage
 from mriquant.evaluate import apply_map, evaluate_labels, load_map
 from mriquant.io import read_image, read_labels
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MICCAI = DATA / "miccai2012" / "train"
-RESULTS = Path(__file__).resolve().parent / "region_results"
+RESULTS = results_dir("region_results")
 SUBJECTS = (
     "1000",
     "1001",
@@ -147,46 +144,15 @@ RUNNERS: dict[str, Callable[[Case], np.ndarray]] = {
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _release_free_heap() -> None:
-    """Give freed heap pages back to the OS (glibc), so the child's RSS growth shows what the method needs."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _child(conn: Any, method: str, case: Case) -> None:
-    try:
-        _release_free_heap()
-        start = _rss_mb()
-        t0 = time.perf_counter()
-        labels = RUNNERS[method](case)
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        conn.send({"seconds": seconds, "rss_delta_mb": max(peak - start, 0.0), "labels": labels.astype(np.int16)})
-    except Exception as exc:  # report the failure in the table rather than stopping the benchmark
-        conn.send({"error": f"{type(exc).__name__}: {exc}"[:200]})
-    finally:
-        conn.close()
-
-
 def measure(method: str, case: Case) -> dict[str, Any]:
     """Run ``method`` on ``case`` in a forked child; Dice, HD95, seconds and memory."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, method, case))
-    proc.start()
-    child.close()
-    result: dict[str, Any] = parent.recv() if parent.poll(1800) else {"error": "timeout"}
-    proc.join()
+    run = run_forked(RUNNERS[method], case, timeout=1800, post=lambda labels: labels.astype(np.int16), trim_heap=True,
+                     error_chars=200)  # fmt: skip
+    result: dict[str, Any] = (  # a failure is a row in the table rather than the end of the benchmark
+        {"error": run.error}
+        if run.error
+        else {"seconds": run.seconds, "rss_delta_mb": run.rss_delta_mb, "labels": run.value}
+    )
     row: dict[str, Any] = {"case": case.name, "method": method}
     if "labels" in result:
         pred = case.truth.with_array(result.pop("labels").astype(np.int32))

@@ -33,43 +33,22 @@ import argparse
 import itertools
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from _harness import MICCAI, REPO, peak_rss_mb, run_script, timed
 from mriquant.core.image import Image
 from mriquant.io import read_image, read_labels
 
 SUBCORTICAL = (59, 60, 36, 37, 57, 58, 55, 56, 47, 48, 31, 32, 51, 52, 35)
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "miccai2012" / "train"
-MAP = Path(__file__).resolve().parents[1] / "src" / "mriquant" / "data" / "maps" / "miccai2012-to-freesurfer.tsv"
+MAP = REPO / "src" / "mriquant" / "data" / "maps" / "miccai2012-to-freesurfer.tsv"
 
 
 # ------------------------------------------------------------------------------------------------------------- helpers
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@contextmanager
-def timed(record: dict[str, float]) -> Iterator[None]:
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    yield
-    record["wall"] = time.perf_counter() - wall
-    record["cpu"] = cpu_seconds() - cpu
 
 
 def subjects(data: Path, count: int) -> list[str]:
@@ -126,8 +105,9 @@ def worker_mriquant(data: Path, ids: list[str]) -> dict[str, Any]:
         kinds: tuple[Literal["affine", "syn"], ...] = ("affine", "syn")
         for kind in kinds:
             record: dict[str, Any] = {"subject": sid, "kind": kind}
-            with timed(record):
+            with timed() as timing:
                 transforms[kind][sid] = register_to_mni(image, kind=kind)
+            record["wall"], record["cpu"] = timing.seconds, timing.cpu
             record["ncc"] = transforms[kind][sid].meta["quality"]["ncc"]
             runs.append(record)
             print(f"  mriquant {kind:6s} {sid}: {record['wall']:.1f} s, ncc {record['ncc']:.3f}", flush=True)
@@ -154,8 +134,9 @@ def worker_peer(data: Path, ids: list[str]) -> dict[str, Any]:
         fixed, moving = (to_ants(read_image(data / f"{s}_SS.nii.gz")) for s in (b, a))
         labels_a, labels_b = read_labels(data / f"{a}_glm.nii.gz"), read_labels(data / f"{b}_glm.nii.gz")
         record: dict[str, Any] = {"pair": f"{a}->{b}", "kind": "peer"}
-        with timed(record):
+        with timed() as timing:
             result = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN")
+        record["wall"], record["cpu"] = timing.seconds, timing.cpu
         runs.append(record)
         warped = ants.apply_transforms(
             fixed=fixed,
@@ -176,13 +157,10 @@ WORKERS: dict[str, Callable[[Path, list[str]], dict[str, Any]]] = {"mriquant": w
 
 
 def run_worker(name: str, data: Path, ids: list[str]) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", name, "--data", str(data), "--ids", ",".join(ids)]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-    lines = done.stdout.splitlines()
-    for line in lines[:-1]:
+    run = run_script(__file__, "--worker", name, "--data", str(data), "--ids", ",".join(ids), capture_stderr=False)
+    for line in run.lines[:-1]:
         print(line)
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return run.report()
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
@@ -222,7 +200,7 @@ def print_tables(mq: dict[str, Any], peer: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=MICCAI)
     parser.add_argument("--pairs", type=int, default=5, help="consecutive pairs (subjects = pairs + 1)")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)

@@ -11,7 +11,7 @@ Data (see ../shared/data/README.md; the benchmark stops with a message when it i
   and scikit-learn's GaussianMixture (3 components, full EM on the in-mask intensities, classes
   sorted by mean) run here, in the same mask.
 - BrainWeb: T1, T2 and PD scans simulated from two crisp anatomical models by
-  :func:`mriquant.testing.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
+  :func:`mriquant.simulate.brainweb.simulate` (1 mm, Rician noise, multiplicative bias), segmented
   inside the true brain mask.
 
 Every method runs in a forked child process: ``seconds`` is the wall time of the call alone
@@ -34,9 +34,7 @@ import argparse
 import ast
 import dataclasses
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -46,14 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from _harness import BRAINWEB, DATA, MICCAI, results_dir, run_forked
 from mriquant.core.image import Image, LabelImage
 from mriquant.evaluate import dice
 from mriquant.io import read_image, read_labels
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MICCAI = DATA / "miccai2012" / "train"
-BRAINWEB = DATA / "brainweb-crisp"
-RESULTS = Path(__file__).resolve().parent / "tissue_results"
+RESULTS = results_dir("tissue_results")
 
 OURS = ("otsu", "kmeans", "fcm", "gmm", "mrf", "mrf:bias=False")
 PEERS = ("atropos", "sklearn-gmm")
@@ -146,38 +142,16 @@ def runner(spec: str) -> Callable[[str, Case], np.ndarray]:
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def scores(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {t: dice(labels == k, truth == k) for k, t in ((1, "CSF"), (2, "GM"), (3, "WM"))}
 
 
-def _child(conn: Any, spec: str, case: Case) -> None:
-    try:
-        start = _rss_mb()
-        t0 = time.perf_counter()
-        labels = runner(spec)(spec, case)
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        conn.send({"seconds": seconds, "rss_delta_mb": max(peak - start, 0.0), **scores(labels, case.truth)})
-    except Exception as exc:  # report the failure in the table rather than stopping the benchmark
-        conn.send({"error": f"{type(exc).__name__}: {exc}"[:200]})
-    finally:
-        conn.close()
-
-
 def measure(spec: str, case: Case) -> dict[str, Any]:
     """Run ``spec`` on ``case`` in a forked child; Dice, seconds and memory."""
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, spec, case))
-    proc.start()
-    child.close()
-    result: dict[str, Any] = parent.recv() if parent.poll(3600) else {"error": "timeout"}
-    proc.join()
+    run = run_forked(runner(spec), spec, case, post=lambda labels: scores(labels, case.truth), error_chars=200)
+    result: dict[str, Any] = (  # a failure is a row in the table rather than the end of the benchmark
+        {"error": run.error} if run.error else {"seconds": run.seconds, "rss_delta_mb": run.rss_delta_mb, **run.value}
+    )
     return {"case": case.name, "method": spec, **case.extra, **result}
 
 
@@ -206,7 +180,7 @@ def with_n4(case: Case) -> Case:
 
 
 def brainweb_cases(anatomies: tuple[str, ...], grid: list[tuple[str, float, float]]) -> Any:
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     for anatomy in anatomies:
         labels = read_labels(BRAINWEB / f"{anatomy}_crisp_v.mnc.gz")

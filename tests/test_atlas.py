@@ -10,6 +10,7 @@ import pytest
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image
 from mriquant.evaluate import dice
+from mriquant.models.atlas import Atlas, load_atlas, priors_from_maps
 from mriquant.segment.atlas import (
     AtlasOptions,
     AtlasSegmenter,
@@ -19,9 +20,9 @@ from mriquant.segment.atlas import (
     trilinear,
     vote,
 )
-from mriquant.segment.atlas_data import Atlas, Member, _priors, build_atlas, load_atlas, template_box
 from mriquant.testing.phantom import PhantomSpec, make_phantom
 from mriquant.testing.transforms import WorldIdentity
+from mriquant.training.atlas import Member, build_atlas, template_box
 
 STRUCTURES = (4, 43, 10, 49, 11, 50, 12, 51)
 
@@ -132,7 +133,7 @@ def _phantom_library(tmp_path: Path) -> Path:
         wm = np.isin(p.structures.array, (2, 41))
         intensities.append(p.image.array / p.image.array[wm].mean())
     affine = phantoms[0].image.affine
-    priors, prior_affine = _priors(maps, len(ids), affine, 1)
+    priors, prior_affine = priors_from_maps(maps, len(ids), affine, 1)
     meta = {"name": "phantoms", "members": ["s11", "s12", "s13", "s14"], "resolution_mm": 1, "format": 1}
     atlas = Atlas(ids, priors, prior_affine, maps, np.stack(intensities).astype(np.float16), affine, meta)
     return atlas.save(tmp_path / "phantoms.npz")

@@ -19,10 +19,8 @@ from mriquant.models.deep_data import (
     LR_PAIRS,
     STRUCTURES,
     TISSUE_OF,
-    TrainingCase,
     class_index,
     flip_permutation,
-    load_case,
     tissue_lut,
 )
 from mriquant.models.deep_net import (
@@ -34,9 +32,11 @@ from mriquant.models.deep_net import (
     default_config,
     predict_box,
 )
-from mriquant.models.deep_synth import AugmentConfig, DeepSampler, normalise_box
-from mriquant.models.train_deep import _dice_loss, dice_scores
+from mriquant.models.inputs import normalise_box
 from mriquant.models.unet import UNetConfig
+from mriquant.training.deep import _dice_loss, dice_scores
+from mriquant.training.deep_augment import AugmentConfig, DeepSampler
+from mriquant.training.deep_cases import TrainingCase, load_case
 
 #: Tissue Dice floors of the regression test: measured 0.730 (GM) and 0.792 (WM) with the shipped weights
 #: (version 2, 2026-12-05) on the 2 mm simulated head, network alone, minus 0.03.

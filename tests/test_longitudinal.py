@@ -350,7 +350,7 @@ def test_brainweb_thinning_at_3mm() -> None:
     from scipy import ndimage
 
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     labels = read_labels(DATA / "subject04_crisp_v.mnc.gz")
     base = simulate(labels, contrast="T1", noise=0.03, bias=0.2, resolution_mm=3.0, seed=1)

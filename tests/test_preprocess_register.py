@@ -22,6 +22,7 @@ from mriquant.core.case import Case
 from mriquant.core.geometry import reorient
 from mriquant.core.image import Image, LabelImage
 from mriquant.core.transform import Transform
+from mriquant.io.transform_files import read_transform, write_transform
 from mriquant.preprocess.register import (
     RegistrationError,
     RegistrationOptions,
@@ -233,10 +234,10 @@ def test_labels_refuse_linear(affine_tx: Transform) -> None:
 
 
 def test_syn_save_load_round_trip(syn_tx: Transform, rigid_subject: Image, tmp_path: Path) -> None:
-    written = syn_tx.save(tmp_path)
+    written = write_transform(syn_tx, tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["to_mni.json", "to_mni.mat", "to_mni_invwarp.nii.gz", "to_mni_warp.nii.gz"]
-    loaded = Transform.load(tmp_path)
+    loaded = read_transform(tmp_path)
     assert loaded.kind == "syn" and loaded.subject.shape == rigid_subject.shape
     for direction, image in (("to_template", rigid_subject), ("to_subject", mni_template(resolution_mm=2.0))):
         a = syn_tx.apply(image, direction=direction)  # type: ignore[arg-type]

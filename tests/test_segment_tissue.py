@@ -360,7 +360,7 @@ def test_region_crops_to_the_mask() -> None:
 def test_mrf_defaults_meet_the_pd_target_under_a_strong_field(data_dir: Path) -> None:
     """BrainWeb PD, 3 % noise, 40 % bias: GM/WM >= 0.92 (the issue's target); the linear field alone gave 0.90."""
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     scan = simulate(read_labels(data_dir / "brainweb-crisp" / "subject05_crisp_v.mnc.gz"), contrast="PD",
                     noise=0.03, bias=0.4, seed=1)  # fmt: skip

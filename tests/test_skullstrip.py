@@ -143,12 +143,12 @@ def test_class_intensities_use_each_class_eroded_by_one_voxel() -> None:
 def test_fixed_image_is_on_the_grid_ants_would_resample_to() -> None:
     """The 2 mm fixed image: same origin, axes, size and values as ANTs' own resampling, in any orientation."""
     from mriquant.core.ants_bridge import to_ants
-    from mriquant.preprocess.skullstrip import _smooth_to
+    from mriquant.core.geometry import smooth_to
     from mriquant.preprocess.skullstrip_atlas import _smooth_fixed
 
     ph = make_phantom(contrast="T1", spacing=(1.5, 1.2, 2.5), orientation="LIA", rotation=(8.0, 0.0, -6.0), seed=5)
     fixed = _smooth_fixed(ph.image, 2.0)
-    smooth = ph.image.with_array(_smooth_to(ph.image, 2.0))
+    smooth = ph.image.with_array(smooth_to(ph.image, 2.0))
     reference = to_ants(smooth).resample_image((2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
     assert fixed.shape == reference.shape
     np.testing.assert_allclose(fixed.origin, reference.origin, atol=1e-4)
@@ -274,7 +274,7 @@ def test_real_heads_are_not_detected_as_stripped() -> None:
 @pytest.mark.slow
 def test_held_out_brainweb_t1_dice() -> None:
     from mriquant.io import read_labels
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     labels = read_labels(DATA / "brainweb-crisp" / "subject05_crisp_v.mnc.gz")
     sim = simulate(labels, contrast="T1", noise=0.03, bias=0.2, seed=11)
@@ -290,7 +290,7 @@ def test_outline_refinement_removes_the_skull_an_atlas_mask_takes_in() -> None:
     from mriquant.preprocess.brain_boundary import refine_boundary
     from mriquant.preprocess.skullstrip import postprocess
     from mriquant.preprocess.skullstrip_atlas import atlas_brain_probability
-    from mriquant.testing.brainweb import simulate
+    from mriquant.simulate.brainweb import simulate
 
     labels = read_labels(DATA / "brainweb-crisp" / "subject06_crisp_v.mnc.gz")
     sim = simulate(labels, contrast="T1", noise=0.03, bias=0.2, seed=5)

@@ -11,8 +11,9 @@ from scipy import ndimage
 
 from mriquant.core.errors import InputError
 from mriquant.core.image import LabelImage
-from mriquant.models.synth import LabelMap, SynthConfig, SynthGenerator, normalise_intensity
-from mriquant.testing.brainweb import class_signals, simulate
+from mriquant.models.inputs import normalise_intensity
+from mriquant.simulate.brainweb import class_signals, simulate
+from mriquant.training.synth import LabelMap, SynthConfig, SynthGenerator
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data not present")

@@ -163,7 +163,7 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train the dual-task segmentation network (--method deep)")
-    from mriquant.models.train_options import add_arguments
+    from mriquant.training.options import add_arguments
 
     add_arguments(p)
     p.set_defaults(handler=_cmd_train)
@@ -462,7 +462,7 @@ def _geometry(image: Any) -> dict[str, Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mriquant.models.train_deep import command
+    from mriquant.training.deep import command
 
     return command(args)
 

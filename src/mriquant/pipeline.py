@@ -19,6 +19,7 @@ from typing import Any, Literal
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError
 from mriquant.io import write_image
+from mriquant.io.transform_files import write_transform
 
 #: Preprocessing steps in the order they run.
 PREPROCESS_STEPS = ("denoise", "n4", "skullstrip", "register", "normalize")
@@ -150,7 +151,7 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
             written.append(f"{name}.nii.gz")
     transform = case.transforms.get("to_mni")
     if transform is not None:
-        written += [p.name for p in transform.save(folder, stem="to_mni")]
+        written += [p.name for p in write_transform(transform, folder, stem="to_mni")]
     return written
 
 

@@ -127,6 +127,21 @@ def _inside_source(mapping: npt.NDArray[np.floating[Any]], shape: tuple[int, ...
     return bool(np.all(points >= -0.5) and np.all(points < upper))
 
 
+def smooth_to(image: Image, spacing: float) -> npt.NDArray[np.float32]:
+    """Gaussian prefilter so resampling to ``spacing`` mm averages noise like a block average would.
+
+    Each axis is smoothed by ``sqrt(spacing² - native²) / 2.355`` mm (FWHM to SD); axes already at
+    ``spacing`` or coarser are left alone, and when every axis would get less than 0.2 voxel the array is
+    returned as is. Returns the (float32) array on ``image``'s own grid; resample it afterwards.
+    """
+    native = np.asarray(image.spacing)
+    sigma_mm = np.sqrt(np.clip(spacing**2 - native**2, 0.0, None)) / 2.355
+    data = image.array.astype(np.float32, copy=False)
+    if np.all(sigma_mm < 0.2 * native):
+        return data
+    return np.asarray(ndimage.gaussian_filter(data, sigma_mm / native, mode="nearest"), dtype=np.float32)
+
+
 def resample_like(image: ImageT, reference: Image, **kwargs: Any) -> ImageT:
     """Resample ``image`` onto ``reference``'s grid; see :func:`resample_to`."""
     return resample_to(image, reference.shape, reference.affine, **kwargs)

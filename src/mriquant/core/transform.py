@@ -10,7 +10,6 @@ in :mod:`mriquant.preprocess.register`.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import weakref
@@ -26,7 +25,7 @@ from mriquant.core.ants_bridge import ants_module, to_ants
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
 
-__all__ = ["Grid", "Transform", "TransformFile", "TransformFolder", "linear_matrix"]
+__all__ = ["TRANSFORM_FORMAT", "Grid", "Transform", "TransformFile", "TransformFolder", "linear_matrix"]
 
 Direction = Literal["to_template", "to_subject"]
 Interpolation = Literal["linear", "nearest", "label", "bspline"]
@@ -39,7 +38,8 @@ _INTERPOLATORS: dict[str, str] = {
     "bspline": "bSpline",
 }
 _LPS = np.diag([-1.0, -1.0, 1.0])
-_FORMAT = "mriquant.transform"
+#: The ``format`` of a transform description (``to_mni.json``).
+TRANSFORM_FORMAT = "mriquant.transform"
 _ORDER_NOTE = (
     "ANTs antsApplyTransforms order: for a point of the reference grid the first entry is applied first; "
     "'forward' pulls subject images onto the template grid (reference = template), 'inverse' pulls template "
@@ -254,36 +254,14 @@ class Transform:
             _folders=self._folders + other._folders,
         )
 
-    def save(self, folder: str | Path, stem: str = "to_mni") -> list[Path]:
-        """Write the transform files and ``{stem}.json`` (the composition order) to ``folder``.
+    def describe(self, names: dict[Path, str]) -> dict[str, Any]:
+        """The JSON description of this transform, its files named by ``names`` (source path -> file name)."""
 
-        Files: ``{stem}.mat`` (the affine, ITK/ANTs format) and, for SyN,
-        ``{stem}_warp.nii.gz`` and ``{stem}_invwarp.nii.gz``; a composed transform numbers
-        further files ``{stem}_2.mat``, ... Existing files of the same names are replaced.
-
-        Returns
-        -------
-        list of pathlib.Path
-            The files written, the JSON last.
-        """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        names = _file_names(self.forward + self.inverse, stem)
-        written = []
-        for source, name in names.items():
-            shutil.copyfile(source, folder / name)
-            written.append(folder / name)
-        from mriquant.io import write_json
-
-        written.append(write_json(self._describe(names), folder / f"{stem}.json"))
-        return written
-
-    def _describe(self, names: dict[Path, str]) -> dict[str, Any]:
         def listing(steps: tuple[TransformFile, ...]) -> list[dict[str, Any]]:
             return [{"file": names[s.path], "invert": s.invert, "role": s.role} for s in steps]
 
         return {
-            "format": _FORMAT,
+            "format": TRANSFORM_FORMAT,
             "version": 1,
             "kind": self.kind,
             "order": _ORDER_NOTE,
@@ -295,31 +273,6 @@ class Transform:
             "meta": self.meta,
         }
 
-    @classmethod
-    def load(cls, folder: str | Path, stem: str = "to_mni") -> Transform:
-        """Read a transform written by :meth:`save` (files are copied to a private folder)."""
-        path = Path(folder) / f"{stem}.json"
-        if not path.is_file():
-            raise InputError(f"Expected a transform description at {path}, found no file; pass the folder of save().")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != _FORMAT:
-            raise InputError(
-                f"Expected format {_FORMAT!r} in {path}, found {data.get('format')!r}; pass a file of save()."
-            )
-        private = TransformFolder()
-
-        def steps(key: str) -> tuple[TransformFile, ...]:
-            return tuple(_copy_step(Path(folder), item, private.path) for item in data[key])
-
-        return cls(
-            kind=str(data["kind"]),
-            template=Grid.from_dict(data["template_grid"]),
-            subject=Grid.from_dict(data["subject_grid"]),
-            forward=steps("forward"),
-            inverse=steps("inverse"),
-            meta=dict(data.get("meta", {})),
-            _folders=(private,),
-        )
 
 
 def _check_interpolation(image: Image, interpolation: str | None) -> str:
@@ -350,31 +303,6 @@ def _apply_files(
     )
     array: npt.NDArray[Any] = np.asarray(warped.numpy())
     return np.rint(array).astype(np.int32) if isinstance(image, LabelImage) else array.astype(np.float32)
-
-
-def _file_names(steps: Sequence[TransformFile], stem: str) -> dict[Path, str]:
-    """Output file name of every distinct file: ``stem.mat``, ``stem_warp.nii.gz``, ``stem_2.mat``, ..."""
-    suffix = {"affine": ".mat", "warp": "_warp.nii.gz", "invwarp": "_invwarp.nii.gz"}
-    counts: dict[str, int] = {}
-    names: dict[Path, str] = {}
-    for step in steps:
-        if step.path in names:
-            continue
-        counts[step.role] = counts.get(step.role, 0) + 1
-        number = "" if counts[step.role] == 1 else f"_{counts[step.role]}"
-        ending = suffix[step.role]
-        names[step.path] = f"{stem}{number}{ending}" if step.role == "affine" else f"{stem}{ending[:-7]}{number}.nii.gz"
-    return names
-
-
-def _copy_step(folder: Path, item: dict[str, Any], private: Path) -> TransformFile:
-    source = folder / str(item["file"])
-    if not source.is_file():
-        raise InputError(f"Expected transform file {source}, found none; copy every file save() wrote.")
-    target = private / source.name
-    if not target.exists():
-        shutil.copyfile(source, target)
-    return TransformFile(target, bool(item["invert"]), str(item["role"]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ PRIOR_ENTRY = {"atlas": "default", "sigma_mm": PRIOR_SIGMA_MM, "floor": PRIOR_FL
 def box_log_prior(sigma_mm: float = PRIOR_SIGMA_MM, floor: float = PRIOR_FLOOR) -> npt.NDArray[np.float32]:
     """Log prior probabilities of the 33 structure and 4 tissue classes on :data:`BOX`, shape (37, X, Y, Z).
 
-    From the shipped atlas (:func:`mriquant.segment.atlas_data.default_atlas`; SynthSeg's 20 label maps
+    From the shipped atlas (:func:`mriquant.models.atlas.default_atlas`; SynthSeg's 20 label maps
     registered with SyN): each structure's prior is blurred by ``sigma_mm`` (an affine registration leaves
     more spread than SyN), sampled on the box, background is what the structures leave, tissues are sums of
     structures by :data:`~mriquant.models.deep_data.TISSUE_OF`, and each head is mixed with ``floor`` of a
@@ -74,7 +74,7 @@ def box_log_prior(sigma_mm: float = PRIOR_SIGMA_MM, floor: float = PRIOR_FLOOR) 
     """
     from scipy import ndimage
 
-    from mriquant.segment.atlas_data import default_atlas
+    from mriquant.models.atlas import default_atlas
 
     atlas = default_atlas()
     spacing = float(np.sqrt((atlas.affine[:3, :3] ** 2).sum(0)).mean())

@@ -419,7 +419,7 @@ def register_to_mni(
     Examples
     --------
     >>> tx = register_to_mni(read_image("t1.nii.gz"), kind="syn")  # doctest: +SKIP
-    >>> tx.save("out")  # doctest: +SKIP
+    >>> write_transform(tx, "out")  # doctest: +SKIP (mriquant.io.transform_files)
 
     """
     _check_kind(kind)

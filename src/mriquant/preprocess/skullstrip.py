@@ -7,7 +7,7 @@ the voxels within ~4 mm of that outline are re-decided from the scan's own inten
 
 Method ``cnn`` (the idea of SynthStrip, Hoopes et al. 2022; our own code and weights): a compact 3D U-Net
 (:mod:`mriquant.models.unet`) trained only on synthetic heads with random contrast, shape, bias, noise,
-resolution and field of view (:mod:`mriquant.models.synth`) predicts the brain probability on a 2 mm
+resolution and field of view (:mod:`mriquant.training.synth`) predicts the brain probability on a 2 mm
 RAS grid covering the scan. The probability is interpolated (trilinear) back to the native grid, so the
 boundary is placed between the coarse voxels, thresholded (at the model's threshold, calibrated on the
 validation anatomy and stored in the weights manifest; 0.5 if absent), reduced to its largest connected
@@ -47,6 +47,7 @@ from mriquant.core.geometry import (
     describe_contact,
     isotropic_grid,
     resample_to,
+    smooth_to,
 )
 from mriquant.core.image import Image, LabelImage
 from mriquant.preprocess.brain_boundary import largest_filled, refine_boundary
@@ -220,26 +221,16 @@ def working_grid(image: Image, spacing: float, multiple: int, limit: tuple[int, 
     return shape, affine, cropped
 
 
-def _smooth_to(image: Image, spacing: float) -> npt.NDArray[np.float32]:
-    """Gaussian prefilter so resampling to ``spacing`` mm averages noise like a block average would."""
-    native = np.asarray(image.spacing)
-    sigma_mm = np.sqrt(np.clip(spacing**2 - native**2, 0.0, None)) / 2.355
-    data = image.array.astype(np.float32, copy=False)
-    if np.all(sigma_mm < 0.2 * native):
-        return data
-    return np.asarray(ndimage.gaussian_filter(data, sigma_mm / native, mode="nearest"), dtype=np.float32)
-
-
 def predict_probability(net: Any, image: Image, *, limit: tuple[int, int, int] = (128, 144, 136),
                         threads: int | None = None) -> tuple[Image, Image, bool]:  # fmt: skip
     """Run the network on ``image``; return (native-grid probability, working-grid probability, cropped)."""
     import torch
 
-    from mriquant.models.synth import normalise_intensity
+    from mriquant.models.inputs import normalise_intensity
 
     spacing, multiple = float(net.config.spacing_mm), int(net.config.multiple)
     shape, affine, cropped = working_grid(image, spacing, multiple, limit)
-    smooth = image.with_array(_smooth_to(image, spacing))
+    smooth = image.with_array(smooth_to(image, spacing))
     work = resample_to(smooth, shape, affine, order=1, fill=float(np.min(image.array)))
     x = normalise_intensity(torch.from_numpy(np.ascontiguousarray(work.array, dtype=np.float32)))
     old_threads = torch.get_num_threads()

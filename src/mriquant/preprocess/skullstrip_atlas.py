@@ -1,7 +1,7 @@
 """Brain masks by registering simulated whole heads with known brains to the scan (multi-atlas).
 
 A small library of *head atlases* ships with the package (``mriquant/data/heads/``): T1-weighted heads
-simulated with :func:`mriquant.testing.brainweb.simulate` (no noise, no bias, 2 mm) from BrainWeb anatomical
+simulated with :func:`mriquant.simulate.brainweb.simulate` (no noise, no bias, 2 mm) from BrainWeb anatomical
 models, each with the fraction of every BrainWeb class (CSF, GM, WM, fat, muscle, skin, skull, vessels,
 dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the dura). For each atlas:
 
@@ -10,7 +10,8 @@ dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the du
    eroded class regions);
 3. if that ordering is T1-like (WM > GM > CSF) the simulated T1 head is refined onto the scan with a coarse
    SyN (Mattes); otherwise (T2, PD, FLAIR, ...) the atlas is *re-rendered in the scan's contrast*
-   (sum over classes of fraction x the scan's class intensity) and refined with SyN on local
+   (sum over classes of fraction x the scan's class intensity, :func:`mriquant.simulate.render.render_fractions`)
+   and refined with SyN on local
    cross-correlation, which needs matching intensities but is much sharper than mutual information
    (measured on a held-out BrainWeb anatomy, PD 3 % noise: Dice 0.949 -> 0.977; T2: 0.970 -> 0.971;
    for T1 the simulated T1 head stays better, 0.975 vs 0.957);
@@ -19,16 +20,14 @@ dura, marrow) in each 2 mm voxel and its brain mask (GM + WM + CSF inside the du
 The mean of the warped masks is the brain probability. No network is involved, so it works on real
 scans whatever the training of the CNN, at the cost of 5-6.5 s of registration per atlas (1 mm head, 2 cores).
 
-Build the library (documented command, reads ``../shared/data/brainweb-crisp``)::
+Build the library (build time, :mod:`mriquant.training.heads`; reads ``../shared/data/brainweb-crisp``)::
 
-    python -m mriquant.preprocess.skullstrip_atlas --out src/mriquant/data/heads/brainweb_heads_2mm.npz
+    python -m mriquant.training.heads --out src/mriquant/data/heads/brainweb_heads_2mm.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,14 +41,12 @@ import numpy.typing as npt
 from mriquant.core.ants_bridge import ants_module, ants_seed, from_ants, to_ants
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.simulate.render import render_fractions
 
 __all__ = ["HeadAtlases", "atlas_brain_probability", "load_head_atlases"]
 
-#: The shipped library.
+#: The shipped library (built by :mod:`mriquant.training.heads`).
 HEADS_FILE = "brainweb_heads_2mm.npz"
-#: BrainWeb anatomies in the library: none of the benchmark's held-out subjects (04, 05, 06) nor the
-#: skull-strip CNN's validation subject (44).
-HEAD_SUBJECTS = (18, 20, 38)
 #: Class indices (BrainWeb crisp) used to tell a T1-like contrast.
 CSF, GM, WM = 1, 2, 3
 #: ANTs affine iterations, shrink factors and smoothing (voxels) per level: 12, 8 and 4 mm on the 2 mm grid. ANTs'
@@ -138,7 +135,7 @@ def load_head_atlases(path: str | None = None) -> HeadAtlases:
     if not names or missing:
         raise InputError(
             f"Expected a head-atlas library with 'names' and {', '.join(k + '{i}' for k in ATLAS_KEYS)} per atlas, "
-            f"found keys {sorted(keys)} in {file}; rebuild it with python -m mriquant.preprocess.skullstrip_atlas."
+            f"found keys {sorted(keys)} in {file}; rebuild it with python -m mriquant.training.heads."
         )
     return HeadAtlases(file, names)
 
@@ -150,13 +147,12 @@ def _smooth_fixed(image: Image, spacing_mm: float) -> Any:
     ``round(n x native / spacing_mm)`` voxels per axis) and so are the values; scipy fills it 6x faster
     (0.05 vs 0.3 s on a 1 mm head).
     """
-    from mriquant.core.geometry import resample_to
-    from mriquant.preprocess.skullstrip import _smooth_to
+    from mriquant.core.geometry import resample_to, smooth_to
 
     native = np.asarray(image.spacing, dtype=np.float64)
     size = np.floor(np.asarray(image.shape) * native / spacing_mm + 0.5).astype(int)
     affine = image.affine @ np.diag([*(spacing_mm / native), 1.0])
-    smooth = image.with_array(_smooth_to(image, spacing_mm))
+    smooth = image.with_array(smooth_to(image, spacing_mm))
     return to_ants(resample_to(smooth, (int(size[0]), int(size[1]), int(size[2])), affine, order=1))
 
 
@@ -249,7 +245,7 @@ def _register_atlas(
     fixed = _brain_box(fixed, carried)
     if lut[WM] > lut[GM] > lut[CSF]:
         return _refine(fixed, moving, affine[0], "mattes", seed, prefix), "T1-like: simulated T1 head, SyN (Mattes)"
-    rendered = Image(np.tensordot(lut, fractions, axes=1).astype(np.float32), head.affine.copy())
+    rendered = render_fractions(lut, fractions, head.affine)
     path = "re-rendered in the scan's contrast, SyN (CC)"
     return _refine(fixed, to_ants(rendered), affine[0], "CC", seed, prefix), path
 
@@ -302,76 +298,3 @@ def atlas_brain_probability(
     info = {"method": "atlas", "atlases": list(heads.names[:n]), "deformable": deformable, "paths": paths,
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     return probability, info
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# building the library
-
-
-def _head(subject: int, data: Path) -> tuple[Image, LabelImage, npt.NDArray[np.uint8]]:
-    from mriquant.core.geometry import reorient
-    from mriquant.io import read_labels
-    from mriquant.testing.brainweb import CLASS_NAMES, _fractions, simulate
-
-    labels = read_labels(data / "brainweb-crisp" / f"subject{subject:02d}_crisp_v.mnc.gz")
-    sim = simulate(labels, contrast="T1", noise=0.0, bias=0.0, resolution_mm=2.0, seed=0)
-    image = reorient(sim.image, "RAS")
-    wm = reorient(sim.tissue, "RAS").array == 3
-    image = image.with_array((image.array / np.float32(image.array[wm].mean())).astype(np.float32))
-    counts = _fractions(labels, 4)
-    fractions = np.stack(
-        [
-            reorient(Image(counts.counts[c].astype(np.float32) / 64.0, counts.affine), "RAS").array
-            for c in range(len(CLASS_NAMES))
-        ]
-    )
-    assert fractions.shape[1:] == image.shape  # the simulation's own 2 mm grid
-    return image, reorient(sim.brain_mask, "RAS"), np.rint(fractions * 255).astype(np.uint8)
-
-
-def _brain_fraction(brain: LabelImage, image: Image) -> npt.NDArray[np.uint8]:
-    """The simulated brain mask, smoothed by half a voxel (its partial-volume edge), x 255."""
-    from scipy import ndimage
-
-    fraction = ndimage.gaussian_filter(brain.array.astype(np.float32), 0.5)
-    return np.asarray(np.rint(np.clip(fraction, 0, 1) * 255), dtype=np.uint8)
-
-
-def build(out: Path, data: Path, subjects: tuple[int, ...] = HEAD_SUBJECTS) -> Path:
-    """Simulate the heads of ``subjects`` and write the library to ``out`` (atomic).
-
-    Every atlas is padded to the largest grid (zeros; class 0, background, in the padding).
-    """
-    heads = [_head(s, data) for s in subjects]
-    shape = np.max([h.shape for h, _, _ in heads], axis=0)
-    arrays: dict[str, Any] = {}
-    for i, (head, brain, fraction) in enumerate(heads):
-        x, y, z = head.shape
-        image = np.zeros(shape, np.float16)
-        image[:x, :y, :z] = head.array.astype(np.float16)
-        fraction_brain = np.zeros(shape, np.uint8)
-        fraction_brain[:x, :y, :z] = _brain_fraction(brain, head)
-        fractions = np.zeros((fraction.shape[0], *shape), np.uint8)
-        fractions[0] = 255  # padding is background
-        fractions[:, :x, :y, :z] = fraction
-        arrays |= {f"image{i}": image, f"brain{i}": fraction_brain, f"fractions{i}": fractions,
-                   f"affine{i}": head.affine}  # fmt: skip
-    names = json.dumps([f"brainweb-subject{s:02d}" for s in subjects]).encode()
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, names=np.frombuffer(names, np.uint8), **arrays)
-    os.replace(tmp, out)
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mriquant.preprocess.skullstrip_atlas``."""
-    p = argparse.ArgumentParser(description="Build the head-atlas library of the atlas skull stripper.")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[4] / "shared" / "data")
-    args = p.parse_args(argv)
-    print(build(args.out, args.data))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

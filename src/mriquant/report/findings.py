@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mriquant.report.html import Badge, Cell, Section, Table, ml, number
+from mriquant.report.cells import Badge, Cell
+from mriquant.report.html import Section, Table, ml, number
 
 __all__ = ["HEADLINES", "Headline", "findings_section", "findings_table", "serious_flags_table"]
 

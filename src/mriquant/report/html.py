@@ -24,6 +24,7 @@ import numpy as np
 
 from mriquant.core.image import Image
 from mriquant.core.labels import TISSUES, freesurfer
+from mriquant.report.cells import Badge, Cell, Missing, Swatch
 from mriquant.report.dicom_text import format_value
 from mriquant.report.figures import ReportFigure, label_rgb
 
@@ -31,35 +32,6 @@ from mriquant.report.figures import ReportFigure, label_rgb
 DASH = "—"
 
 
-@dataclass(frozen=True)
-class Missing:
-    """An undefined value and why it is undefined."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Swatch:
-    """Text preceded by a colour square (a label's display colour, 0-255 per channel)."""
-
-    text: str
-    rgb: tuple[int, int, int]
-
-    @property
-    def css(self) -> str:
-        """The colour as ``#rrggbb``."""
-        return "#{:02x}{:02x}{:02x}".format(*self.rgb)
-
-
-@dataclass(frozen=True)
-class Badge:
-    """A QC severity shown as a coloured tag; ``level`` is ``"error"``, ``"warning"`` or ``"info"``."""
-
-    text: str
-    level: str
-
-
-Cell = str | Missing | Swatch | Badge
 
 
 @dataclass(frozen=True)

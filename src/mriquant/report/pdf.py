@@ -26,9 +26,10 @@ from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.text import Text
 
+from mriquant.report.cells import Badge, Cell
 from mriquant.report.figures import ReportFigure
 from mriquant.report.fonts import ESCAPE_NOTE, MONO, SANS, display_width, families, safe_text
-from mriquant.report.html import Badge, Cell, ReportContent, Section, Table, cell_text
+from mriquant.report.html import ReportContent, Section, Table, cell_text
 
 #: A4 portrait in inches.
 PAGE_SIZE = (8.27, 11.69)

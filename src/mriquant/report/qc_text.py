@@ -2,7 +2,7 @@
 
 :func:`metric_rows` turns ``qc["metrics"]`` (see :func:`mriquant.quantify.qc.quality_control`) into
 ``(name, value, unit)`` rows: nested groups (tissue volumes, registration) become one row per entry, a
-None metric becomes a :class:`~mriquant.report.html.Missing` cell with the reason QC recorded, and no
+None metric becomes a :class:`~mriquant.report.cells.Missing` cell with the reason QC recorded, and no
 cell ever holds JSON. Keys this module does not know are shown humanised, their values formatted the
 same way.
 
@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from mriquant.report.cells import Missing
 
 __all__ = ["METRICS", "MetricText", "metric_rows"]
 
@@ -99,8 +101,6 @@ def _guess(key: str, group: str | None) -> MetricText:
 
 def _value(key: str, value: Any, text: MetricText, reason: str | None) -> Any:
     """The formatted cell (a str, or a Missing cell when the metric is undefined)."""
-    from mriquant.report.html import Missing
-
     if value is None:
         return Missing(reason or "not measured")
     if isinstance(value, bool):

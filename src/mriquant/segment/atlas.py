@@ -20,7 +20,7 @@ that do not label it).
 
 The default atlas (``--atlas default``) holds priors from the 20 SynthSeg training label maps (FreeSurfer
 protocol, Apache-2.0). A library built from expert labels (e.g. the MICCAI 2012 training set, CC BY-NC,
-so not shipped) is passed with ``--atlas FILE``; see :mod:`mriquant.segment.atlas_build`.
+so not shipped) is passed with ``--atlas FILE``; see :mod:`mriquant.training.atlas`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from scipy import ndimage
 
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.models.atlas import CEREBRAL_WM, Atlas, default_atlas, load_atlas
 from mriquant.segment._tissue import check_choice
-from mriquant.segment.atlas_data import CEREBRAL_WM, Atlas, default_atlas, load_atlas
 from mriquant.segment.base import Segmentation, Segmenter, register
 
 __all__ = ["AtlasOptions", "AtlasSegmenter", "em_labels"]
@@ -55,7 +55,7 @@ class AtlasOptions:
 
     atlas: str = field(
         default="default",
-        metadata={"help": "Atlas .npz (from python -m mriquant.segment.atlas_build) or 'default' (SynthSeg-20 priors)"},
+        metadata={"help": "Atlas .npz (from python -m mriquant.training.atlas) or 'default' (SynthSeg-20 priors)"},
     )
     fusion: Fusion = field(default="em", metadata={"help": "em (priors x intensity model), majority or local voting"})
     exclude: str = field(default="", metadata={"help": "Comma-separated library members to leave out"})

@@ -18,6 +18,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -133,6 +134,29 @@ class Segmenter(ABC):
 
 _REGISTRY: dict[str, type[Segmenter]] = {}
 
+#: Modules of :mod:`mriquant.segment` that define the built-in methods (imported lazily: some pull in torch or ANTs).
+BUILTIN_MODULES = (
+    "threshold",
+    "region_growing",
+    "kmeans",
+    "fcm",
+    "gmm",
+    "mrf",
+    "atlas",
+    "level_set",
+    "deep",
+)
+
+
+def _load_builtin_methods() -> None:
+    """Import every built-in method module that exists in this version."""
+    for module in BUILTIN_MODULES:
+        try:
+            importlib.import_module(f"mriquant.segment.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mriquant.segment.{module}":
+                raise
+
 
 def register(cls: type[Segmenter]) -> type[Segmenter]:
     """Class decorator adding a segmenter to the registry under ``cls.name``."""
@@ -144,8 +168,6 @@ def register(cls: type[Segmenter]) -> type[Segmenter]:
 
 def registry() -> dict[str, type[Segmenter]]:
     """Every registered segmenter by name (importing the built-in method modules first)."""
-    from mriquant.segment import _load_builtin_methods
-
     _load_builtin_methods()
     return dict(_REGISTRY)
 

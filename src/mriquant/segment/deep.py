@@ -29,7 +29,7 @@ weights of 2026-12-04; bench/deep.py measures the held-out ones): 15-structure D
 0.918/0.916 there but 0.85-0.91 on BrainWeb T2/PD, where 1.0 gives 0.93-0.94). ``refine="none"`` gives the network's own
 arg-max (tissues renormalised inside the mask).
 
-The network was trained by :mod:`mriquant.models.train_deep` on real T1 scans with expert labels and on
+The network was trained by :mod:`mriquant.training.deep` on real T1 scans with expert labels and on
 synthetic images of random contrast drawn from label maps, so it takes any MR contrast; the bundled weights,
 their SHA-256 and the command that produced them are in ``mriquant/models/weights/manifest.json``.
 """
@@ -180,7 +180,7 @@ def _box_inputs(image: Image, brain: npt.NDArray[np.bool_], to_template: npt.NDA
     import torch.nn.functional as F  # noqa: N812
 
     from mriquant.models.deep_net import fixed_channels
-    from mriquant.models.deep_synth import box_coordinates, normalise_box, sample_grid
+    from mriquant.models.inputs import box_coordinates, normalise_box, sample_grid
 
     template_to_voxel = np.linalg.inv(image.affine) @ np.linalg.inv(to_template)
     grid = sample_grid(template_to_voxel, box_coordinates(), image.shape)

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mriquant.core.errors import InputError, MriquantError
-from mriquant.models.deep_data import IGNORE, STRUCTURES, TrainingCase, load_case, prepare_case
+from mriquant.models.deep_data import IGNORE, STRUCTURES
 from mriquant.models.deep_net import (
     PRIOR_ENTRY,
     DualTaskNet,
@@ -47,9 +47,10 @@ from mriquant.models.deep_net import (
     predict_box,
     split_heads,
 )
-from mriquant.models.deep_synth import AugmentConfig, DeepSampler
-from mriquant.models.train_options import add_arguments, resolve
 from mriquant.models.unet import UNetConfig
+from mriquant.training.deep_augment import AugmentConfig, DeepSampler
+from mriquant.training.deep_cases import TrainingCase, load_case, prepare_case
+from mriquant.training.options import add_arguments, resolve
 
 __all__ = ["SUBCORTICAL", "dice_scores", "main", "parse_args", "train"]
 
@@ -63,7 +64,7 @@ def _log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (``python -m mriquant.models.train_deep``)."""
+    """Command-line options (``python -m mriquant.training.deep``)."""
     p = argparse.ArgumentParser(prog="mriquant train", description=__doc__.split("\n")[0])
     add_arguments(p)
     return p.parse_args(argv)
@@ -351,7 +352,7 @@ def export(run: Path, folder: Path, name: str = "deep", version: str = "1", lice
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mriquant train`` (and ``python -m mriquant.models.train_deep``)."""
+    """Entry point of ``mriquant train`` (and ``python -m mriquant.training.deep``)."""
     return command(parse_args(argv))
 
 

@@ -17,7 +17,7 @@ One sample (:meth:`SynthGenerator.sample`):
    (partial volume; the target becomes the brain *fraction* of each voxel, a soft label);
 5. a smooth random bias field, gamma, Rician noise and a random field-of-view cut (no neck, or part of
    the head outside the scan);
-6. normalise with :func:`normalise_intensity`, the same function the inference uses.
+6. normalise with :func:`mriquant.models.inputs.normalise_intensity`, the same function the inference uses.
 
 Examples
 --------
@@ -44,19 +44,16 @@ from scipy import ndimage
 from mriquant.core.geometry import reorient
 from mriquant.core.image import LabelImage
 from mriquant.io import read_labels
-from mriquant.testing.brainweb import TISSUE_PARAMETERS, sequence_signal
-from mriquant.testing.brainweb import Sequence as MrSequence
+from mriquant.models.inputs import normalise_intensity
+from mriquant.simulate.brainweb import TISSUE_PARAMETERS, sequence_signal
+from mriquant.simulate.brainweb import Sequence as MrSequence
 
 __all__ = [
     "LabelMap",
     "SynthConfig",
     "SynthGenerator",
     "load_label_maps",
-    "normalise_intensity",
 ]
-
-#: Percentiles mapped to 0 and 1 by :func:`normalise_intensity`.
-NORMALISE_PERCENTILES = (0.5, 99.5)
 
 #: SynthSeg/FreeSurfer labels at or above this value are extra-cerebral (skull, scalp, eyes, ...).
 EXTRA_CEREBRAL_FROM = 500
@@ -160,21 +157,6 @@ def load_label_maps(paths: Sequence[str | Path], *, cache_dir: str | Path | None
                      physics=lmap.physics if lmap.physics is not None else np.zeros(0))  # fmt: skip
         maps.append(lmap)
     return maps
-
-
-def normalise_intensity(image: torch.Tensor) -> torch.Tensor:
-    """Map the 0.5th/99.5th intensity percentiles to 0/1 and clip to [0, 1] (any shape, float32).
-
-    Percentiles come from at most 2**20 evenly strided voxels, so the cost does not grow with the size.
-    """
-    flat = image.reshape(-1)
-    step = max(1, flat.numel() // 2**20)
-    lo_p, hi_p = NORMALISE_PERCENTILES
-    q = torch.quantile(flat[::step].float(), torch.tensor([lo_p / 100, hi_p / 100]))
-    lo, hi = float(q[0]), float(q[1])
-    if hi <= lo:
-        hi = lo + max(abs(lo), 1.0) * 1e-3
-    return ((image - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)

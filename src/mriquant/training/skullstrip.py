@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m mriquant.models.train_skullstrip --out /tmp/skullstrip/run --minutes 75 --seed 1 [--resume]
+    python -m mriquant.training.skullstrip --out /tmp/skullstrip/run --minutes 75 --seed 1 [--resume]
 
 Data (``--data``, default ``<repo>/../shared/data``), split by anatomy:
 
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from mriquant.models import WEIGHTS_DIR, file_sha256
-from mriquant.models.synth import LabelMap, SynthConfig, SynthGenerator, load_label_maps
 from mriquant.models.unet import UNet3D, UNetConfig
+from mriquant.training.synth import LabelMap, SynthConfig, SynthGenerator, load_label_maps
 
 TRAIN_SYNTHSEG = [f"training_seg_{i:02d}.nii.gz" for i in range(1, 19)]
 VAL_SYNTHSEG = ["training_seg_19.nii.gz", "training_seg_20.nii.gz"]
@@ -104,7 +104,7 @@ class Validator:
     def build(cls, data: Path, cache: Path, shape: tuple[int, int, int]) -> Validator:
         """Draw the synthetic samples (fixed seed) and simulate the BrainWeb validation scans."""
         from mriquant.io import read_labels
-        from mriquant.testing.brainweb import simulate
+        from mriquant.simulate.brainweb import simulate
 
         maps = load_label_maps([data / "synthseg-label-maps" / n for n in VAL_SYNTHSEG], cache_dir=cache)
         gen = SynthGenerator(maps, SynthConfig(shape=shape), seed=12345)
@@ -187,7 +187,7 @@ def export_weights(st: State, config: UNetConfig, args: argparse.Namespace, synt
         "config": config.as_dict(),
         "version": MODEL_VERSION,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training_command": "python -m mriquant.models.train_skullstrip " + " ".join(sys.argv[1:]),
+        "training_command": "python -m mriquant.training.skullstrip " + " ".join(sys.argv[1:]),
         "training_steps": st.step,
         "training_minutes": round(st.elapsed / 60, 1),
         "training_data": {
@@ -304,7 +304,7 @@ def calibrate(args: argparse.Namespace) -> float:
     manifest = json.loads(path.read_text())
     entry = manifest["models"]["skullstrip"]
     entry.update(threshold=float(candidates[best]), threshold_dice=round(scores[best], 4),
-                 threshold_command="python -m mriquant.models.train_skullstrip " + " ".join(sys.argv[1:]))  # fmt: skip
+                 threshold_command="python -m mriquant.training.skullstrip " + " ".join(sys.argv[1:]))  # fmt: skip
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     config_path = Path(args.weights_dir) / CONFIG_FILE
     config = json.loads(config_path.read_text())
@@ -314,7 +314,7 @@ def calibrate(args: argparse.Namespace) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mriquant.models.train_skullstrip``."""
+    """Entry point of ``python -m mriquant.training.skullstrip``."""
     args = parse_args(argv)
     if args.calibrate:
         calibrate(args)

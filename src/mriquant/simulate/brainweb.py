@@ -48,9 +48,11 @@ __all__ = [
     "CLASS_NAMES",
     "SEQUENCES",
     "TISSUE_PARAMETERS",
+    "ClassCounts",
     "Sequence",
     "SimulatedScan",
     "bias_field",
+    "class_counts",
     "class_signals",
     "sequence_signal",
     "simulate",
@@ -162,7 +164,7 @@ def class_signals(contrast: Contrast | str) -> npt.NDArray[np.float64]:
 
 
 @dataclass(frozen=True)
-class _Fractions:
+class ClassCounts:
     """Class voxel counts per output voxel: ``counts[c]`` is (I, J, K), uint8/uint16, in 0..factor**3."""
 
     counts: npt.NDArray[np.unsignedinteger]
@@ -170,7 +172,7 @@ class _Fractions:
     affine: npt.NDArray[np.float64]
 
 
-_CACHE: OrderedDict[str, _Fractions] = OrderedDict()
+_CACHE: OrderedDict[str, ClassCounts] = OrderedDict()
 _CACHE_SIZE = 4
 
 
@@ -206,7 +208,8 @@ def _block_affine(affine: npt.NDArray[np.float64], factor: int) -> npt.NDArray[n
     return np.asarray(affine @ scale, dtype=np.float64)
 
 
-def _fractions(labels: LabelImage, factor: int) -> _Fractions:
+def class_counts(labels: LabelImage, factor: int) -> ClassCounts:
+    """How many label voxels of each class every ``factor``^3 block of ``labels`` holds (cached per anatomy)."""
     array = labels.array
     if array.min() < 0 or array.max() >= len(CLASS_NAMES):
         raise InputError(
@@ -219,7 +222,7 @@ def _fractions(labels: LabelImage, factor: int) -> _Fractions:
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    result = _Fractions(_block_counts(array, factor), factor, _block_affine(labels.affine, factor))
+    result = ClassCounts(_block_counts(array, factor), factor, _block_affine(labels.affine, factor))
     _CACHE[key] = result
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -262,7 +265,7 @@ def _rician(signal: npt.NDArray[np.float32], sd: float, rng: np.random.Generator
     return np.asarray(np.hypot(real, imag), dtype=np.float32)
 
 
-def _truth(fr: _Fractions) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
+def _truth(fr: ClassCounts) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint8]]:
     majority = np.argmax(fr.counts, axis=0)
     tissue = np.where(np.isin(majority, BRAIN_CLASSES), majority, 0).astype(np.int32)
     brain_count = fr.counts[1].astype(np.int32) + fr.counts[2] + fr.counts[3]
@@ -306,7 +309,7 @@ def simulate(
     signals = class_signals(contrast)
     if noise < 0 or bias < 0 or bias >= 2:
         raise InputError(f"Expected noise >= 0 and 0 <= bias < 2, found noise={noise}, bias={bias}.")
-    fr = _fractions(labels, _block_factor(labels, resolution_mm))
+    fr = class_counts(labels, _block_factor(labels, resolution_mm))
     rng = np.random.default_rng(seed)
     clean = _weighted_sum(fr.counts, signals / fr.factor**3)
     field = bias_field(clean.shape, bias, rng)

@@ -2,7 +2,7 @@
 
 One sample (:meth:`DeepSampler.sample`), all in PyTorch on the CPU:
 
-1. pick a :class:`~mriquant.models.deep_data.TrainingCase`;
+1. pick a :class:`~mriquant.training.deep_cases.TrainingCase`;
 2. draw a random spatial transform of the working box (:data:`~mriquant.models.deep_data.BOX`): rotation
    (up to ``max_rotation_deg`` about each axis), per-axis scaling, translation and a smooth random
    displacement field. It stands for the residual misalignment of an affine registration and for anatomical
@@ -15,9 +15,9 @@ One sample (:meth:`DeepSampler.sample`), all in PyTorch on the CPU:
    its labels leave out (MICCAI 2012 labels no sulcal CSF) are kept out of the loss (``IGNORE``): calling
    them background taught the network that CSF at the cortex is not brain, and the tissue head then read
    BrainWeb's sulcal CSF as GM;
-5. the box is normalised like the inference does it (:func:`normalise_box`), then a crop is cut out (half the
-   time centred near the deep grey nuclei) with the coordinate and log-prior channels of its position
-   (:func:`~mriquant.models.deep_net.box_log_prior`).
+5. the box is normalised like the inference does it (:func:`~mriquant.models.inputs.normalise_box`), then a
+   crop is cut out (half the time centred near the deep grey nuclei) with the coordinate and log-prior
+   channels of its position (:func:`~mriquant.models.deep_net.box_log_prior`).
 
 Examples
 --------
@@ -38,10 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from mriquant.models.deep_data import BOX, IGNORE, Box, TrainingCase, tissue_lut
+from mriquant.models.deep_data import BOX, IGNORE, tissue_lut
 from mriquant.models.deep_net import fixed_channels
+from mriquant.models.inputs import box_coordinates, normalise_box, sample_grid
+from mriquant.training.deep_cases import TrainingCase
 
-__all__ = ["AugmentConfig", "DeepSampler", "box_coordinates", "normalise_box", "sample_grid"]
+__all__ = ["AugmentConfig", "DeepSampler"]
 
 
 @dataclass(frozen=True)
@@ -66,35 +68,6 @@ class AugmentConfig:
         data = asdict(self)
         data["crop"] = list(self.crop)
         return data
-
-
-def box_coordinates(box: Box = BOX) -> torch.Tensor:
-    """MNI world coordinates (mm) of every box voxel, shape (X, Y, Z, 3)."""
-    return torch.from_numpy(box.coordinates() * np.float32(100.0)).permute(1, 2, 3, 0).contiguous()
-
-
-def normalise_box(image: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-    """Map the in-brain 1st/99th intensity percentiles to 0/1 and zero everything outside the brain.
-
-    The one normalisation used by training and inference (both on the box grid).
-    """
-    values = image[brain]
-    if values.numel() < 2:
-        return torch.zeros_like(image)
-    q = torch.quantile(values[:: max(1, values.numel() // 200_000)].float(), torch.tensor([0.01, 0.99]))
-    low, high = float(q[0]), float(q[1])
-    if not high > low:
-        high = low + 1.0
-    return torch.where(brain, (image - low) / (high - low), torch.zeros(()))
-
-
-def sample_grid(template_to_voxel: np.ndarray, world: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``grid_sample`` grid (1, X, Y, Z, 3) reading an array of ``shape`` at MNI positions ``world`` (X, Y, Z, 3)."""
-    m = torch.from_numpy(template_to_voxel.astype(np.float32))
-    vox = world @ m[:3, :3].T + m[:3, 3]
-    size = torch.tensor([float(max(n - 1, 1)) for n in shape])
-    norm = 2.0 * vox / size - 1.0
-    return norm.flip(-1).unsqueeze(0)  # grid_sample wants (z, y, x) = (W, H, D) order last
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
