@@ -11,7 +11,7 @@ Images cross to ANTs through :mod:`mriquant.core.ants_bridge` (LPS+ conversion, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,11 +22,12 @@ from mriquant.core.ants_bridge import ants_module, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["N4Options", "N4Result", "foreground_mask", "n4", "n4_step"]
+__all__ = ["N4Options", "N4Result", "N4Step", "N4StepOptions", "foreground_mask", "n4", "n4_step"]
 
 #: Fewest voxels a fit mask must hold (a 3 mm brain has ~50 000).
 MIN_FIT_VOXELS = 1000
@@ -306,41 +307,55 @@ def n4(
     return N4Result(image.with_array(corrected), field_image)
 
 
-def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = "brain_mask", **options: Any) -> Case:
-    """Case step: N4-correct ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
+@dataclass(frozen=True)
+class N4StepOptions(N4Options):
+    """Options of :class:`N4Step`: those of :func:`n4`, plus where to fit and what to keep.
 
-    Parameters
+    Attributes
     ----------
-    case : Case
-        The case; it is not modified (a shallow copy is returned).
     save_field : bool
         Also store the field as ``case.images["bias_field"]``.
-    mask_key : str, optional
-        Fit inside ``case.labels[mask_key]`` when that label exists (e.g. N4 after skull
-        stripping, or a skull-stripped input); else, or when None, in a foreground mask.
-    **options
-        Keyword options of :func:`n4` (``shrink``, ``iterations``, ``convergence``,
-        ``spline_distance_mm``).
-
-    Returns
-    -------
-    Case
-        With ``images["preproc"]`` (and ``images["bias_field"]``) set and an ``"n4"`` step recorded.
-
+    mask_key : str or None
+        Fit inside ``case.labels[mask_key]`` when that label exists (e.g. N4 after skull stripping, or a
+        skull-stripped input); else, or when None, in a foreground mask.
     """
-    out = case.evolve()
-    source = out.images.get("preproc", out.image)
-    mask = out.labels.get(mask_key) if mask_key is not None else None
+
+    save_field: bool = False
+    mask_key: str | None = "brain_mask"
+
+
+class N4Step(CaseStep[N4StepOptions]):
+    """Case step ``"n4"``: N4-correct ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
+
+    Sets ``images["preproc"]`` (and ``images["bias_field"]`` with ``save_field``); records the N4 options
+    and the mask it fitted in.
+    """
+
+    name = "n4"
+    options_type = N4StepOptions
+
+    def params(self) -> dict[str, Any]:
+        """The options of :func:`n4` (the fit mask is added when known)."""
+        return {f.name: getattr(self.options, f.name) for f in fields(N4Options)}
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Fit and divide out the field."""
+        opts = self.options
+        mask = case.labels.get(opts.mask_key) if opts.mask_key is not None else None
+        record["mask"] = opts.mask_key if mask is not None else "foreground"
+        result = n4(case.images.get("preproc", case.image), mask=mask, return_field=opts.save_field, **self.params())
+        case.images["preproc"] = result.corrected
+        if result.field is not None:
+            case.images["bias_field"] = result.field
+
+
+def n4_step(case: Case, *, save_field: bool = False, mask_key: str | None = "brain_mask", **options: Any) -> Case:
+    """``N4Step(N4StepOptions(save_field=..., mask_key=..., **options))(case)``, with a clear error for a typo."""
     try:
-        recorded = asdict(N4Options(**options)) | {"mask": mask_key if mask is not None else "foreground"}
+        step_options = N4StepOptions(save_field=save_field, mask_key=mask_key, **options)
     except TypeError as exc:
         raise InputError(
             f"Expected N4 options among shrink, iterations, convergence, spline_distance_mm, found {sorted(options)}; "
             "fix the option names."
         ) from exc
-    with out.step("n4", recorded):
-        result = n4(source, mask=mask, return_field=save_field, **options)
-        out.images["preproc"] = result.corrected
-        if result.field is not None:
-            out.images["bias_field"] = result.field
-    return out
+    return N4Step(step_options)(case)

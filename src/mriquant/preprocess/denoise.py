@@ -8,7 +8,7 @@ closer to the noise-free image) and ANTs' adaptive NLM ``ants.denoise_image`` (M
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -20,8 +20,9 @@ from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 
-__all__ = ["NlmOptions", "denoise_step", "estimate_noise_sigma", "nlm"]
+__all__ = ["DenoiseOptions", "DenoiseStep", "NlmOptions", "denoise_step", "estimate_noise_sigma", "nlm"]
 
 Method = Literal["skimage", "ants"]
 #: Fraction of the mask's flattest voxels the noise is estimated on.
@@ -195,28 +196,32 @@ def nlm(image: Image, *, mask: LabelImage | None = None, options: NlmOptions | N
     return image.with_array(out, noise_sigma=sigma)
 
 
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """Options of :class:`DenoiseStep`: the non-local means settings and the mask to denoise inside."""
+
+    nlm: NlmOptions = field(default_factory=lambda: NlmOptions())
+    mask_key: str | None = None
+
+
+class DenoiseStep(CaseStep[DenoiseOptions]):
+    """Case step ``"denoise"``: denoise ``images["preproc"]`` (or the input scan) into ``"preproc"``."""
+
+    name = "denoise"
+    options_type = DenoiseOptions
+
+    def params(self) -> dict[str, Any]:
+        """The non-local means settings (the mask is added when known)."""
+        return asdict(self.options.nlm)
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Denoise, inside ``case.labels[mask_key]`` when present."""
+        key = self.options.mask_key
+        mask = case.labels.get(key) if key is not None else None
+        record["mask"] = key if mask is not None else None
+        case.images["preproc"] = nlm(case.images.get("preproc", case.image), mask=mask, options=self.options.nlm)
+
+
 def denoise_step(case: Case, *, mask_key: str | None = None, options: NlmOptions | None = None) -> Case:
-    """Case step: denoise ``case.images["preproc"]`` (or the input scan) into ``"preproc"``.
-
-    Parameters
-    ----------
-    case : Case
-        Not modified; a shallow copy is returned.
-    mask_key : str, optional
-        Denoise only inside ``case.labels[mask_key]`` when present.
-    options : NlmOptions, optional
-        See :func:`nlm`.
-
-    Returns
-    -------
-    Case
-        With ``images["preproc"]`` replaced and a ``"denoise"`` step recorded.
-
-    """
-    out = case.evolve()
-    options = options or NlmOptions()
-    mask = out.labels.get(mask_key) if mask_key is not None else None
-    params: dict[str, Any] = asdict(options) | {"mask": mask_key if mask is not None else None}
-    with out.step("denoise", params):
-        out.images["preproc"] = nlm(out.images.get("preproc", out.image), mask=mask, options=options)
-    return out
+    """``DenoiseStep(DenoiseOptions(options, mask_key))(case)``."""
+    return DenoiseStep(DenoiseOptions(options or NlmOptions(), mask_key))(case)

@@ -32,9 +32,12 @@ from scipy import ndimage, signal
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 
 __all__ = [
     "DEFAULT_PERCENTILES",
+    "NormalizeOptions",
+    "NormalizeStep",
     "NyulLandmarks",
     "learn_nyul",
     "learn_nyul_from_folder",
@@ -460,23 +463,12 @@ def learn_nyul_from_folder(
 # --------------------------------------------------------------------------- Case step
 
 
-def normalize_step(
-    case: Case,
-    *,
-    method: Method = "wm-peak",
-    mask_key: str = "brain_mask",
-    target: float = 110.0,
-    landmarks: NyulLandmarks | None = None,
-) -> Case:
-    """Case step: normalise ``case.images["preproc"]`` (or the input scan) into ``"normalized"``.
+@dataclass(frozen=True)
+class NormalizeOptions:
+    """Options of :class:`NormalizeStep`.
 
-    ``"preproc"`` stays the bias-corrected image in its own intensity units (the public
-    ``preproc.nii.gz``); the normalised copy is written as ``normalized.nii.gz`` by the pipeline.
-
-    Parameters
+    Attributes
     ----------
-    case : Case
-        Not modified; a shallow copy is returned.
     method : {"wm-peak", "zscore", "nyul"}
         Normalisation method.
     mask_key : str
@@ -485,30 +477,59 @@ def normalize_step(
         WM target of ``"wm-peak"``.
     landmarks : NyulLandmarks, optional
         For ``"nyul"``; default :func:`shipped_landmarks` ``("t1")``.
-
-    Returns
-    -------
-    Case
-        With ``images["normalized"]`` set and a ``"normalize"`` step recorded.
-
     """
-    from mriquant.preprocess.bias import foreground_mask
 
-    out = case.evolve()
-    source = out.images.get("preproc", out.image)
-    mask = out.labels.get(mask_key)
-    params: dict[str, Any] = {"method": method, "mask": mask_key if mask is not None else "foreground"}
-    with out.step("normalize", params):
+    method: Method = "wm-peak"
+    mask_key: str = "brain_mask"
+    target: float = 110.0
+    landmarks: NyulLandmarks | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("wm-peak", "zscore", "nyul"):
+            raise InputError(f"Expected method 'wm-peak', 'zscore' or 'nyul', found {self.method!r}; pick one of them.")
+
+
+class NormalizeStep(CaseStep[NormalizeOptions]):
+    """Case step ``"normalize"``: normalise ``images["preproc"]`` (or the input scan) into ``"normalized"``.
+
+    ``"preproc"`` stays the bias-corrected image in its own intensity units (the public ``preproc.nii.gz``);
+    the normalised copy is written as ``normalized.nii.gz`` by the pipeline.
+    """
+
+    name = "normalize"
+    options_type = NormalizeOptions
+
+    def params(self) -> dict[str, Any]:
+        """The method (the mask and the method's own settings are added when known)."""
+        return {"method": self.options.method}
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Normalise inside the mask."""
+        from mriquant.preprocess.bias import foreground_mask
+
+        opts = self.options
+        source = case.images.get("preproc", case.image)
+        mask = case.labels.get(opts.mask_key)
+        record["mask"] = opts.mask_key if mask is not None else "foreground"
         mask = mask if mask is not None else foreground_mask(source)
-        if method == "wm-peak":
-            out.images["normalized"] = wm_peak(source, mask, target=target)
-            params |= {"target": target, "wm_mode": out.images["normalized"].meta["wm_mode"]}
-        elif method == "zscore":
-            out.images["normalized"] = zscore(source, mask)
-        elif method == "nyul":
-            chosen = landmarks or shipped_landmarks("t1")
-            out.images["normalized"] = nyul(source, mask, chosen)
-            params |= {"landmarks": chosen.as_dict()}
+        if opts.method == "wm-peak":
+            case.images["normalized"] = wm_peak(source, mask, target=opts.target)
+            record |= {"target": opts.target, "wm_mode": case.images["normalized"].meta["wm_mode"]}
+        elif opts.method == "zscore":
+            case.images["normalized"] = zscore(source, mask)
         else:
-            raise InputError(f"Expected method 'wm-peak', 'zscore' or 'nyul', found {method!r}; pick one of them.")
-    return out
+            chosen = opts.landmarks or shipped_landmarks("t1")
+            case.images["normalized"] = nyul(source, mask, chosen)
+            record |= {"landmarks": chosen.as_dict()}
+
+
+def normalize_step(
+    case: Case,
+    *,
+    method: Method = "wm-peak",
+    mask_key: str = "brain_mask",
+    target: float = 110.0,
+    landmarks: NyulLandmarks | None = None,
+) -> Case:
+    """``NormalizeStep(NormalizeOptions(method, mask_key, target, landmarks))(case)``."""
+    return NormalizeStep(NormalizeOptions(method, mask_key, target, landmarks))(case)

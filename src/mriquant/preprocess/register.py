@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,10 +48,13 @@ from mriquant.core.ants_bridge import ants_module, ants_seed, itk_threads, to_an
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError, MriquantError
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 from mriquant.core.transform import Grid, Transform, TransformFile, TransformFolder
 from mriquant.preprocess.template import downsample, mni_template, template_brain_mask
 
 __all__ = [
+    "RegisterOptions",
+    "RegisterStep",
     "RegistrationError",
     "RegistrationOptions",
     "register_step",
@@ -445,30 +448,46 @@ def register_to_mni(
     return replace(transform, meta=meta)
 
 
-def register_step(case: Case, *, kind: Kind = "affine", options: RegistrationOptions | None = None) -> Case:
-    """Case step: register the preprocessed image (brain only if a brain mask exists) to MNI.
+@dataclass(frozen=True)
+class RegisterOptions:
+    """Options of :class:`RegisterStep`: the kind of registration and its settings."""
 
-    Uses ``case.images["preproc"]`` if present (else ``case.image``) and
-    ``case.labels["brain_mask"]`` if present. Sets ``case.transforms["to_mni"]`` and records
-    the kind, options and quality in the provenance step ``"register"``.
+    kind: Kind = "affine"
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
 
-    Returns
-    -------
-    Case
-        A new case (arrays shared, not copied).
+    def __post_init__(self) -> None:
+        _check_kind(self.kind)
 
+
+class RegisterStep(CaseStep[RegisterOptions]):
+    """Case step ``"register"``: register the preprocessed image (the brain, if masked) to MNI152.
+
+    Uses ``case.images["preproc"]`` if present (else ``case.image``) and ``case.labels["brain_mask"]`` if
+    present; sets ``case.transforms["to_mni"]``; records the kind, options and quality.
     """
-    image = case.images.get("preproc", case.image)
-    mask = case.labels.get("brain_mask")
-    out = case.evolve()
-    opts = options or RegistrationOptions()
-    params = {"kind": kind, "template": "MNI152NLin2009aSym", "masked": mask is not None, "library": _ants_version()}
-    with out.step("register", {**params, "options": asdict(opts)}) as recorded:
-        transform = register_to_mni(image, mask=mask, kind=kind, options=opts)
-        recorded["quality"] = transform.meta["quality"]
-        recorded["affine_ras"] = np.round(transform.affine_ras(), 6).tolist()
-    out.transforms["to_mni"] = transform
-    return out
+
+    name = "register"
+    options_type = RegisterOptions
+
+    def params(self) -> dict[str, Any]:
+        """The kind, the template, the library and the registration settings."""
+        return {"kind": self.options.kind, "template": "MNI152NLin2009aSym", "library": _ants_version(),
+                "options": asdict(self.options.registration)}  # fmt: skip
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Register and record the quality."""
+        mask = case.labels.get("brain_mask")
+        record["masked"] = mask is not None
+        image = case.images.get("preproc", case.image)
+        transform = register_to_mni(image, mask=mask, kind=self.options.kind, options=self.options.registration)
+        record["quality"] = transform.meta["quality"]
+        record["affine_ras"] = np.round(transform.affine_ras(), 6).tolist()
+        case.transforms["to_mni"] = transform
+
+
+def register_step(case: Case, *, kind: Kind = "affine", options: RegistrationOptions | None = None) -> Case:
+    """``RegisterStep(RegisterOptions(kind, options))(case)``."""
+    return RegisterStep(RegisterOptions(kind, options or RegistrationOptions()))(case)
 
 
 def _ants_version() -> str:

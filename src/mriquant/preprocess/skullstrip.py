@@ -31,7 +31,7 @@ True
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from mriquant.core.geometry import (
     smooth_to,
 )
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 from mriquant.preprocess.brain_boundary import largest_filled, refine_boundary
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SkullStripOptions",
     "SkullStripResult",
+    "SkullStripStep",
     "detect_stripped",
     "load_model",
     "predict_probability",
@@ -515,18 +517,21 @@ def skullstrip(image: Image, *, options: SkullStripOptions | None = None) -> Sku
     return SkullStripResult(out, prob, False, notes, volume)
 
 
-def skullstrip_step(case: Case, *, options: SkullStripOptions | None = None) -> Case:
-    """Case step: set ``case.labels["brain_mask"]`` from ``case.images["preproc"]`` (or the input image).
+class SkullStripStep(CaseStep[SkullStripOptions]):
+    """Case step ``"skullstrip"``: set ``case.labels["brain_mask"]`` from ``images["preproc"]`` (or the input).
 
-    Records the options, the model version and SHA-256, whether the input was already stripped, the
-    brain volume and the notes under the step name ``"skullstrip"``.
+    Records the options, the head atlases or the model version and SHA-256, whether the input was already
+    stripped, the brain volume and the notes.
     """
-    opts = options or SkullStripOptions()
-    source = "preproc" if "preproc" in case.images else "image"
-    image = case.images.get("preproc", case.image)
-    out = case.evolve()
-    with out.step("skullstrip", {"input": source, **asdict(opts)}) as record:
-        result = skullstrip(image, options=opts)
+
+    name = "skullstrip"
+    options_type = SkullStripOptions
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Strip the skull and record what was used."""
+        opts = self.options
+        record["input"] = "preproc" if "preproc" in case.images else "image"
+        result = skullstrip(case.images.get("preproc", case.image), options=opts)
         if not result.already_stripped and opts.method == "atlas":
             from mriquant.preprocess.skullstrip_atlas import load_head_atlases
 
@@ -537,8 +542,13 @@ def skullstrip_step(case: Case, *, options: SkullStripOptions | None = None) -> 
             record.update(model=MODEL_NAME, model_version=entry.get("version"), model_sha256=entry.get("sha256"),
                           threshold=threshold)  # fmt: skip
         record.update(already_stripped=result.already_stripped, brain_ml=round(result.brain_ml, 2), notes=result.notes)
-    out.labels["brain_mask"] = result.mask
-    if result.probability is not None:
-        out.images["brain_probability"] = result.probability
-    log.info("skullstrip: %.0f mL%s", result.brain_ml, " (input already stripped)" if result.already_stripped else "")
-    return out
+        case.labels["brain_mask"] = result.mask
+        if result.probability is not None:
+            case.images["brain_probability"] = result.probability
+        stripped = " (input already stripped)" if result.already_stripped else ""
+        log.info("skullstrip: %.0f mL%s", result.brain_ml, stripped)
+
+
+def skullstrip_step(case: Case, *, options: SkullStripOptions | None = None) -> Case:
+    """``SkullStripStep(options)(case)``."""
+    return SkullStripStep(options)(case)

@@ -28,6 +28,7 @@ import numpy as np
 from mriquant.core.case import Case
 from mriquant.core.errors import InputError
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.step import CaseStep
 
 Kind = Literal["tissue", "structure", "region", "dual"]
 
@@ -186,23 +187,37 @@ def get_segmenter(name: str) -> type[Segmenter]:
     return methods[name]
 
 
-def segment_step(case: Case, segmenter: Segmenter, *, mask_key: str = "brain_mask") -> Case:
-    """Case step: run ``segmenter`` on the preprocessed image inside the brain mask.
+class SegmentStep(CaseStep[Any]):
+    """Case step ``"segment:<method>"``: run a segmenter on the preprocessed image inside the brain mask.
 
-    Sets ``labels["tissue"]`` and/or ``labels["dseg"]``, ``images["prob_<class>"]`` and
-    ``images[<extra>]``, and records the method, its options and its info.
+    Its options are the segmenter's own options dataclass. Sets ``labels["tissue"]`` and/or
+    ``labels["dseg"]``, ``images["prob_<class>"]`` and ``images[<extra>]``, and records the method, its
+    options and its info.
     """
-    image = case.images.get("preproc", case.image)
-    if segmenter.to_mni is None:
-        segmenter.to_mni = case.transforms.get("to_mni")
-    out = case.evolve()
-    with out.step(f"segment:{segmenter.name}", {"method": segmenter.name, **segmenter.params()}) as params:
-        result = segmenter.segment(image, case.labels.get(mask_key))
-        params["info"] = result.info
-    if result.tissue is not None:
-        out.labels["tissue"] = result.tissue
-    if result.dseg is not None:
-        out.labels["dseg"] = result.dseg
-    out.images.update({f"prob_{k}": v for k, v in result.probabilities.items()})
-    out.images.update(result.extras)
-    return out
+
+    def __init__(self, segmenter: Segmenter, *, mask_key: str = "brain_mask") -> None:
+        super().__init__(segmenter.options)
+        self.segmenter, self.mask_key = segmenter, mask_key
+        self.name = f"segment:{segmenter.name}"
+
+    def params(self) -> dict[str, Any]:
+        """The method and its options."""
+        return {"method": self.segmenter.name, **self.segmenter.params()}
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Segment and store the maps."""
+        if self.segmenter.to_mni is None:
+            self.segmenter.to_mni = case.transforms.get("to_mni")
+        result = self.segmenter.segment(case.images.get("preproc", case.image), case.labels.get(self.mask_key))
+        record["info"] = result.info
+        if result.tissue is not None:
+            case.labels["tissue"] = result.tissue
+        if result.dseg is not None:
+            case.labels["dseg"] = result.dseg
+        case.images.update({f"prob_{k}": v for k, v in result.probabilities.items()})
+        case.images.update(result.extras)
+
+
+def segment_step(case: Case, segmenter: Segmenter, *, mask_key: str = "brain_mask") -> Case:
+    """``SegmentStep(segmenter, mask_key=mask_key)(case)``."""
+    return SegmentStep(segmenter, mask_key=mask_key)(case)

@@ -41,8 +41,9 @@ from mriquant.core.case import Case
 from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import CORTEX_WHITE_MATTER, STRUCTURE_TISSUE, SUBCORTICAL_NUCLEI, TISSUES
+from mriquant.core.step import CaseStep, NoOptions
 
-__all__ = ["Reconciled", "reconcile", "reconcile_step", "structure_classes"]
+__all__ = ["ReconcileStep", "Reconciled", "reconcile", "reconcile_step", "structure_classes"]
 
 CSF, GM, WM = (t.id for t in TISSUES)
 
@@ -174,15 +175,26 @@ def reconcile(tissue: LabelImage, dseg: LabelImage, probabilities: dict[str, Ima
     )
 
 
+class ReconcileStep(CaseStep[NoOptions]):
+    """Case step ``"reconcile"``: :func:`reconcile` the case's ``tissue`` and ``dseg`` (both must exist)."""
+
+    name = "reconcile"
+
+    def params(self) -> dict[str, Any]:
+        """Where the rules are written."""
+        return {"rules": "structures measure their tissue class (segment/reconcile.py)"}
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Reconcile the maps and the tissue posteriors."""
+        names = [t.name for t in TISSUES if f"prob_{t.name}" in case.images]
+        result = reconcile(case.labels["tissue"], case.labels["dseg"], {n: case.images[f"prob_{n}"] for n in names})
+        record["moved_ml"] = result.moved_ml
+        case.labels["tissue"], case.labels["dseg"] = result.tissue, result.dseg
+        case.images.update({f"prob_{name}": image for name, image in result.probabilities.items()})
+
+
 def reconcile_step(case: Case) -> Case:
-    """Case step: :func:`reconcile` the case's ``tissue`` and ``dseg`` (a no-op unless both exist)."""
+    """:class:`ReconcileStep` when the case has both maps; the case itself otherwise."""
     if "tissue" not in case.labels or "dseg" not in case.labels:
         return case
-    probabilities = {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
-    out = case.evolve()
-    with out.step("reconcile", {"rules": "structures measure their tissue class (segment/reconcile.py)"}) as rec:
-        result = reconcile(case.labels["tissue"], case.labels["dseg"], probabilities)
-        rec["moved_ml"] = result.moved_ml
-    out.labels["tissue"], out.labels["dseg"] = result.tissue, result.dseg
-    out.images.update({f"prob_{name}": image for name, image in result.probabilities.items()})
-    return out
+    return ReconcileStep()(case)
