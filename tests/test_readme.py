@@ -44,7 +44,8 @@ def test_setup_command_installs_into_a_fresh_virtual_environment(index: int) -> 
     creates = [i for i, w in enumerate(parts) if w[:3] == ["python3", "-m", "venv"]]
     assert creates, "the command creates no virtual environment"
     venv = parts[creates[0]][-1]
-    activates = [i for i, w in enumerate(parts) if w in ([".", f"{venv}/bin/activate"], ["source", f"{venv}/bin/activate"])]
+    activate = f"{venv}/bin/activate"
+    activates = [i for i, w in enumerate(parts) if w in ([".", activate], ["source", activate])]
     installs = [i for i, w in enumerate(parts) if _is_pip_install(w)]
     assert installs, "the command installs nothing"
     for i in installs:
