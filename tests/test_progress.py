@@ -144,3 +144,4 @@ def test_terminal_table_is_erased_on_error() -> None:
     with pytest.raises(RuntimeError), display, record_step([], "n4"):
         raise RuntimeError("boom")
     assert "\x1b[2K" in buffer.getvalue().rsplit("failed", 1)[-1]  # the table's lines were cleared
+

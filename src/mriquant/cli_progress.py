@@ -51,13 +51,16 @@ class _Lines(logging.Handler):
             if event.status == "done":
                 self.held.append(line)
             return
-        self.flush()
+        self.settle(print_them=True)
         if event.status == "done":
             _print(line)
 
-    def flush(self) -> None:
-        """Print the held lines (the command ended without another step)."""
-        for held in self.held:
+    def settle(self, *, print_them: bool) -> None:
+        """Print (or, after an error, drop) the held lines.
+
+        Not :meth:`logging.Handler.flush`, which logging calls again at interpreter exit, after the error line.
+        """
+        for held in self.held if print_them else ():
             _print(held)
         self.held = []
 
@@ -175,8 +178,8 @@ class StepDisplay:
             self.handler.live.transient = error is not None  # an error line stands alone
             self.handler.live.stop()
             self._restore_logs()
-        if isinstance(self.handler, _Lines) and error is None:
-            self.handler.flush()
+        if isinstance(self.handler, _Lines):
+            self.handler.settle(print_them=error is None)
         if error is None and self.final is not None and not self.quiet:
             line = f"mriquant {self.command}: {self.final}"
             if self.console is not None:
