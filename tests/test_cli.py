@@ -126,7 +126,11 @@ def test_run_output_folder_needs_force(scan: Path, tmp_path: Path, capsys: pytes
     assert (out / "old.txt").exists()
     # with --force the run starts, but this 20 x 22 x 18 scan holds no brain: it fails and the old outputs stay
     assert main(["run", str(scan), "-o", str(out), "--force"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    *progress, error = capsys.readouterr().err.splitlines()
+    assert error.startswith("mriquant run: error: Expected")  # one line, the last: after the steps that finished
+    assert all(re.fullmatch(r"mriquant run: [\w:]+ done \(\d+\.\d s\)", line) for line in progress), progress
+    assert main(["-q", "run", str(scan), "-o", str(out), "--force"]) == 2
+    assert capsys.readouterr().err.splitlines() == [error]
     assert (out / "old.txt").exists() and sorted(p.name for p in out.iterdir()) == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "run"]  # no staging folders left
 
@@ -186,7 +190,7 @@ def test_segment_region_growing_end_to_end(tmp_path: Path) -> None:
     np.testing.assert_allclose(dseg.affine, src.affine, atol=1e-6)
     assert set(np.unique(np.asarray(dseg.dataobj))) == {0, 4, 43}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["name"] for s in manifest["steps"]] == ["skullstrip", "n4", "segment:region-growing"]
+    assert [s["name"] for s in manifest["steps"]] == ["read", "skullstrip", "n4", "segment:region-growing", "write"]
     assert manifest["parameters"]["options"]["multiplier"] == 2.5
     assert manifest["parameters"]["options"]["fill_holes"] is False
     assert sorted(manifest["outputs"]) == sorted(p.name for p in out.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,9 @@ def _fast_pipeline(case: Case, config: Any, *, progress: Any = None) -> Case:
     return segment_step(nonzero_mask_step(case), get_segmenter("kmeans")(None))
 
 
-def test_cli_writes_the_change_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_writes_the_change_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import mriquant.pipeline
 
     monkeypatch.setattr(mriquant.pipeline, "run_pipeline", _fast_pipeline)
@@ -268,9 +271,15 @@ def test_cli_writes_the_change_folder(tmp_path: Path, monkeypatch: pytest.Monkey
     baseline, followup, _ = _phantom_pair(0.99, rotation=(0.0, 0.0, 0.0))
     a, b = _save(baseline.image, tmp_path / "a.nii.gz"), _save(followup.image, tmp_path / "b.nii.gz")
     out = tmp_path / "out"
-    code = main(["-q", "longitudinal", str(a), str(b), "-o", str(out), "--skullstripped", "--no-structures",
+    code = main(["longitudinal", str(a), str(b), "-o", str(out), "--skullstripped", "--no-structures",
                  "--interval-years", "2"])  # fmt: skip
     assert code == 0
+    *lines, final = capsys.readouterr().err.splitlines()  # one line per step, the follow-up's named as in the manifest
+    steps = json.loads((out / "manifest.json").read_text())["steps"]
+    done = [re.fullmatch(r"mriquant longitudinal: (.+) done \(\d+\.\d s\)", line) for line in lines]
+    assert all(done) and sorted(m[1] for m in done if m) == sorted(s["name"] for s in steps)
+    assert {"read", "followup read", "followup n4", "longitudinal", "write", "report"} <= {s["name"] for s in steps}
+    assert re.fullmatch(rf"mriquant longitudinal: wrote {re.escape(str(out))} \(PBVC -?\d+\.\d\d %, \d+\.\d s\)", final)
     assert {p.name for p in out.iterdir()} >= {"change.json", "change.csv", "report.html", "report.pdf",
                                                "manifest.json"}  # fmt: skip
     doc = json.loads((out / "change.json").read_text())
@@ -307,10 +316,13 @@ def test_cli_pbvc_method_flag(
         lg.LongitudinalOptions(pbvc_method="segmentation")  # type: ignore[arg-type]
 
 
-def _expect_refused(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def _expect_refused(argv: list[str], out: Path, capsys: pytest.CaptureFixture[str], *, progress: bool = False) -> str:
+    """Exit 2, nothing written, one error line: alone, or (``progress``) after lines of steps that finished."""
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Expected" in err
+    *done, err = capsys.readouterr().err.splitlines()
+    assert err.startswith("mriquant longitudinal: error: Expected")
+    assert all(re.fullmatch(r"mriquant longitudinal: [\w: ]+ done \(\d+\.\d s\)", line) for line in done), done
+    assert bool(done) == progress
     assert not out.exists()
     return err
 
@@ -331,7 +343,8 @@ def test_cli_refuses_a_non_brain(tmp_path: Path, capsys: pytest.CaptureFixture[s
     blob[20:24, 20:24, 20:24] = 100.0  # 4 mL of signal: not a brain
     other = _save(ph.image.with_array(blob), tmp_path / "b.nii.gz")
     out = tmp_path / "out"
-    err = _expect_refused(["longitudinal", str(good), str(other), "-o", str(out), "--skullstripped"], out, capsys)
+    argv = ["longitudinal", str(good), str(other), "-o", str(out), "--skullstripped"]
+    err = _expect_refused(argv, out, capsys, progress=True)  # refused in the follow-up's first step, after reading
     assert "brain" in err
 
 

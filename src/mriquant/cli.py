@@ -21,8 +21,6 @@ from typing import Any, cast
 from mriquant import __version__
 from mriquant.core.errors import MriquantError
 
-log = logging.getLogger("mriquant")
-
 Handler = Callable[[argparse.Namespace], int]
 
 #: Exit code of subcommands whose implementation has not landed yet.
@@ -212,16 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _progress(quiet: bool) -> Any:
-    """A rich progress display on stderr (transient; silent when quiet)."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _display(args: argparse.Namespace) -> Any:
+    """The per-step progress display on stderr (:mod:`mriquant.cli_progress`); silent with ``-q``."""
+    from mriquant.cli_progress import StepDisplay
 
-    # Progress only on a terminal: logs and captured stderr keep exactly the message lines.
-    console = Console(stderr=True, quiet=quiet or not sys.stderr.isatty())
-    return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True
-    )
+    return StepDisplay(args.command, quiet=args.quiet)
+
+
+def _elapsed(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.1f} s"
 
 
 def _now() -> str:
@@ -241,31 +238,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_input(args: argparse.Namespace, *, min_voxels: int, progress: Any) -> Any:
-    from mriquant.io import read_image
+def _read_input(args: argparse.Namespace) -> Any:
+    """The case of ``args.input`` (step ``"read"``), with the size floor of the analysis commands."""
+    from mriquant.pipeline import read_case
 
-    task = progress.add_task(f"reading {args.input.name}", total=None)
-    image = read_image(args.input, volume=args.volume, series=args.series, min_voxels=min_voxels)
-    progress.remove_task(task)
-    return image
+    return read_case(args.input, volume=args.volume, series=args.series)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from mriquant.convert import check_output, convert
+    from mriquant.core.case import record_step
+    from mriquant.pipeline import read_case
 
     check_output(args.output, inputs=[args.input], force=args.force)
-    with _progress(args.quiet) as progress:
-        image = _read_input(args, min_voxels=1, progress=progress)
-        nii, sidecar = convert(image, args.output, inputs=[args.input], force=args.force)
-    log.info("wrote %s and %s", nii, sidecar)
+    t0 = time.perf_counter()
+    with _display(args) as display:
+        image = read_case(args.input, volume=args.volume, series=args.series, min_voxels=1).image
+        with record_step([], "write"):
+            nii, sidecar = convert(image, args.output, inputs=[args.input], force=args.force)
+        display.finish(f"wrote {nii} and {sidecar} ({_elapsed(t0)})")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from mriquant import manifest
     from mriquant.cli_options import options_from_args
-    from mriquant.core.case import Case
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, write_json
+    from mriquant.io import output_folder, write_json
     from mriquant.pipeline import RunConfig, quantify_case, run_pipeline, write_run_outputs
     from mriquant.segment import get_segmenter
 
@@ -274,33 +272,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_structures:
         config = config.without_structures()
     started, t0 = _now(), time.perf_counter()
-    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
-        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
-        task = bar.add_task("preprocessing", total=None)
-        case = run_pipeline(case, config, progress=lambda text: bar.update(task, description=text))
-        bar.update(task, description="measuring")
-        with case.step("quantify", {}):
-            volumes = quantify_case(case)
-        bar.update(task, description="writing the report")
+    with _display(args) as display:
+        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
+            case = run_pipeline(_read_input(args), config)
+            with case.step("quantify", {}):
+                volumes = quantify_case(case)
 
-        def document(outputs: list[str]) -> dict[str, Any]:
-            return manifest.build(
-                command="run", argv=args.argv, parameters=config.as_dict(), inputs=[args.input], outputs=outputs,
-                steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
-                extra={"input_geometry": _geometry(case.image)},
-            )  # fmt: skip
+            def document(outputs: list[str]) -> dict[str, Any]:
+                return manifest.build(
+                    command="run", argv=args.argv, parameters=config.as_dict(), inputs=[args.input],
+                    outputs=outputs, steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
+                    extra={"input_geometry": _geometry(case.image)},
+                )  # fmt: skip
 
-        outputs = write_run_outputs(case, staging, volumes, manifest=document([]), source=args.input,
-                                    maps=args.save_maps)  # fmt: skip
-        bar.remove_task(task)
-        write_json(document([*outputs, "manifest.json"]), staging / "manifest.json")
-    log.info("wrote %s (%.0f s)", args.output, time.perf_counter() - t0)
+            outputs = write_run_outputs(case, staging, volumes, manifest=document([]), source=args.input,
+                                        maps=args.save_maps)  # fmt: skip
+            write_json(document([*outputs, "manifest.json"]), staging / "manifest.json")
+        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
     return 0
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from mriquant.core.case import Case
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder
+    from mriquant.io import output_folder
     from mriquant.pipeline import DEFAULT_STEPS, PreprocessConfig, preprocess, write_preprocess_outputs
 
     config = PreprocessConfig(
@@ -311,49 +304,45 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         skullstripped=args.skullstripped,
     )
     started, t0 = _now(), time.perf_counter()
-    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
-        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
-        task = bar.add_task("preprocessing: " + ", ".join(config.steps), total=None)
-        case = preprocess(case, config)
-        bar.remove_task(task)
-        outputs = [*write_preprocess_outputs(case, staging), "manifest.json"]
-        _write_manifest(args, staging, case, parameters=config.as_dict(), outputs=outputs, started=started, t0=t0)
+    with _display(args) as display:
+        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
+            case = preprocess(_read_input(args), config)
+            outputs = [*write_preprocess_outputs(case, staging), "manifest.json"]
+            _write_manifest(args, staging, case, parameters=config.as_dict(), outputs=outputs, started=started, t0=t0)
+        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
     return 0
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from mriquant.cli_options import options_from_args
-    from mriquant.core.case import Case
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder
+    from mriquant.io import output_folder
     from mriquant.pipeline import prepare_for_segmentation, write_segment_outputs
     from mriquant.segment import get_segmenter, segment_step
 
     cls = get_segmenter(args.method)
     segmenter = cls(options_from_args(args, cls.options_type))
     started, t0 = _now(), time.perf_counter()
-    with output_folder(args.output, force=args.force, inputs=[args.input]) as staging, _progress(args.quiet) as bar:
-        case = Case(_read_input(args, min_voxels=MIN_ANALYSIS_VOXELS, progress=bar))
-        task = bar.add_task("preprocessing", total=None)
-        case = prepare_for_segmentation(
-            case,
-            skullstripped=args.skullstripped,
-            needs_registration=cls.needs_registration,
-            registration=cast(Any, cls.registration_kind),
-        )
-        bar.update(task, description=f"segmenting ({args.method})")
-        case = segment_step(case, segmenter)
-        bar.remove_task(task)
-        outputs = [*write_segment_outputs(case, staging), "manifest.json"]
-        params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
-        _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
+    with _display(args) as display:
+        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
+            case = prepare_for_segmentation(
+                _read_input(args),
+                skullstripped=args.skullstripped,
+                needs_registration=cls.needs_registration,
+                registration=cast(Any, cls.registration_kind),
+            )
+            case = segment_step(case, segmenter)
+            outputs = [*write_segment_outputs(case, staging), "manifest.json"]
+            params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
+            _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
+        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
     return 0
 
 
 def _cmd_longitudinal(args: argparse.Namespace) -> int:
-    from mriquant.core.case import Case
     from mriquant.core.errors import InputError
-    from mriquant.io import MIN_ANALYSIS_VOXELS, output_folder, read_image
-    from mriquant.pipeline import RunConfig, prepare_for_segmentation, run_pipeline
+    from mriquant.core.progress import scope
+    from mriquant.io import output_folder
+    from mriquant.pipeline import RunConfig, prepare_for_segmentation, read_case, run_pipeline
     from mriquant.quantify import longitudinal as lg
 
     if args.interval_years is not None and not args.interval_years > 0:
@@ -361,26 +350,23 @@ def _cmd_longitudinal(args: argparse.Namespace) -> int:
                             "the scans in years.")  # fmt: skip
     # the classical pair: the per-structure changes need its SyN registration (a network needs only an affine)
     config = RunConfig.classical(skullstripped=args.skullstripped, structures=not args.no_structures)
-    inputs = [args.baseline, args.followup]
     started, t0 = _now(), time.perf_counter()
-    with output_folder(args.output, force=args.force, inputs=inputs) as staging, _progress(args.quiet) as bar:
-        task = bar.add_task("reading the scans", total=None)
-        images = [read_image(path, min_voxels=MIN_ANALYSIS_VOXELS) for path in inputs]
-        interval, source = lg.resolve_interval(images[0], images[1], args.interval_years)
-        bar.update(task, description="follow-up: preprocessing")  # first: it is cheaper and refuses a non-brain
-        followup = prepare_for_segmentation(Case(images[1]), skullstripped=args.skullstripped, needs_registration=False)
-        baseline = run_pipeline(
-            Case(images[0]), config, progress=lambda text: bar.update(task, description=f"baseline: {text}")
-        )
-        bar.update(task, description="measuring the change")
-        options = lg.LongitudinalOptions(pbvc_method=args.pbvc_method)
-        with baseline.step("longitudinal", {"options": options.as_dict()}):
-            result = lg.measure_change(baseline, followup, options=options)
-        change = lg.change_document(result, interval_years=interval, interval_source=source)
-        bar.update(task, description="writing the report")
-        _write_longitudinal_outputs(args, staging, baseline, followup, change, config, started, t0)
-        bar.remove_task(task)
-    log.info("wrote %s (PBVC %.2f %%, %.0f s)", args.output, change["pbvc_percent"], time.perf_counter() - t0)
+    with _display(args) as display:
+        with output_folder(args.output, force=args.force, inputs=[args.baseline, args.followup]) as staging:
+            baseline = read_case(args.baseline)
+            with scope("followup"):  # the names the manifest gives the follow-up's steps
+                followup = read_case(args.followup)
+            interval, source = lg.resolve_interval(baseline.image, followup.image, args.interval_years)
+            with scope("followup"):  # first: it is cheaper and refuses a non-brain
+                followup = prepare_for_segmentation(followup, skullstripped=args.skullstripped,
+                                                    needs_registration=False)  # fmt: skip
+            baseline = run_pipeline(baseline, config)
+            options = lg.LongitudinalOptions(pbvc_method=args.pbvc_method)
+            with baseline.step("longitudinal", {"options": options.as_dict()}):
+                result = lg.measure_change(baseline, followup, options=options)
+            change = lg.change_document(result, interval_years=interval, interval_source=source)
+            _write_longitudinal_outputs(args, staging, baseline, followup, change, config, started, t0)
+        display.finish(f"wrote {args.output} (PBVC {change['pbvc_percent']:.2f} %, {_elapsed(t0)})")
     return 0
 
 
@@ -388,7 +374,10 @@ def _write_longitudinal_outputs(
     args: argparse.Namespace, staging: Path, baseline: Any, followup: Any, change: dict[str, Any], config: Any,
     started: str, t0: float,
 ) -> list[str]:  # fmt: skip
-    """Write change.json/.csv, the report and manifest.json of ``longitudinal``; return the names."""
+    """Write change.json/.csv, the report and manifest.json of ``longitudinal``; return the names.
+
+    The steps ``"quantify"``, ``"write"`` and ``"report"`` are recorded on ``baseline``.
+    """
     from mriquant import manifest
     from mriquant.io import write_json
     from mriquant.io.write import atomic_path
@@ -398,28 +387,31 @@ def _write_longitudinal_outputs(
 
     with baseline.step("quantify", {}):
         volumes = quantify_case(baseline)
-    write_json(change, staging / "change.json")
-    with atomic_path(staging / "change.csv") as tmp:
-        tmp.write_text(change_csv(change))
-    steps = [*baseline.provenance, *(dataclasses.replace(s, name=f"followup {s.name}") for s in followup.provenance)]
+    with baseline.step("write") as recorded:
+        write_json(change, staging / "change.json")
+        with atomic_path(staging / "change.csv") as tmp:
+            tmp.write_text(change_csv(change))
+        recorded["files"] = ["change.json", "change.csv"]
 
     def document(outputs: list[str]) -> dict[str, Any]:
+        followup_steps = (dataclasses.replace(s, name=f"followup {s.name}") for s in followup.provenance)
         return manifest.build(
             command="longitudinal", argv=args.argv,
             parameters={**config.as_dict(), "interval_years": args.interval_years},
-            inputs=[args.baseline, args.followup], outputs=outputs, steps=steps, started=started,
-            seconds=time.perf_counter() - t0,
+            inputs=[args.baseline, args.followup], outputs=outputs, steps=[*baseline.provenance, *followup_steps],
+            started=started, seconds=time.perf_counter() - t0,
             extra={"input_geometry": {"baseline": _geometry(baseline.image), "followup": _geometry(followup.image)}},
         )  # fmt: skip
 
     outputs = ["change.json", "change.csv"]
-    outputs += build_change_report(
-        staging, baseline=baseline.images.get("preproc", baseline.image),
-        followup=followup.images.get("preproc", followup.image), change=change, volumes=volumes,
-        manifest=document([]), brain_mask=baseline.labels.get("brain_mask"), tissue=baseline.labels.get("tissue"),
-        dseg=baseline.labels.get("dseg"), qc=volumes.get("qc"),
-    )  # fmt: skip
-    outputs.append("manifest.json")
+    with baseline.step("report") as recorded:
+        recorded["files"] = build_change_report(
+            staging, baseline=baseline.images.get("preproc", baseline.image),
+            followup=followup.images.get("preproc", followup.image), change=change, volumes=volumes,
+            manifest=document([]), brain_mask=baseline.labels.get("brain_mask"), tissue=baseline.labels.get("tissue"),
+            dseg=baseline.labels.get("dseg"), qc=volumes.get("qc"),
+        )  # fmt: skip
+    outputs += [*recorded["files"], "manifest.json"]
     write_json(document(outputs), staging / "manifest.json")
     return outputs
 

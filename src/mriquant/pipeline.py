@@ -11,14 +11,13 @@ and normalisation runs last so it is computed inside the final brain mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from mriquant.core.case import Case
+from mriquant.core.case import Case, Step, record_step
 from mriquant.core.errors import InputError
-from mriquant.io import write_image
+from mriquant.io import MIN_ANALYSIS_VOXELS, read_image, write_image
 from mriquant.io.transform_files import write_transform
 
 #: Preprocessing steps in the order they run.
@@ -61,6 +60,21 @@ class PreprocessConfig:
     def as_dict(self) -> dict[str, Any]:
         """Return the options as a JSON-serialisable dictionary."""
         return asdict(self)
+
+
+def read_case(
+    path: Path, *, volume: int | None = None, series: str | None = None, min_voxels: int = MIN_ANALYSIS_VOXELS
+) -> Case:
+    """Read a scan into a new :class:`Case` whose provenance starts with the step ``"read"``.
+
+    Parameters are those of :func:`mriquant.io.read_image`.
+    """
+    steps: list[Step] = []
+    params = {"input": Path(path).name, "volume": volume, "series": series}
+    with record_step(steps, "read", params) as recorded:
+        image = read_image(path, volume=volume, series=series, min_voxels=min_voxels)
+        recorded.update(format=image.meta.get("format"), shape=list(image.shape))
+    return Case(image, provenance=steps)
 
 
 def nonzero_mask_step(case: Case) -> Case:
@@ -135,23 +149,26 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
 
     Files: ``preproc.nii.gz`` (bias-corrected, or the input when N4 did not run),
     ``brain_mask.nii.gz``, ``to_mni.*``, and ``bias_field.nii.gz`` / ``normalized.nii.gz``
-    when those steps produced them. All images lie on the input's native grid.
+    when those steps produced them. All images lie on the input's native grid. Records the step
+    ``"write"`` on ``case``.
     """
-    written = []
-    write_image(case.images.get("preproc", case.image), folder / "preproc.nii.gz")
-    written.append("preproc.nii.gz")
-    extras = {
-        "brain_mask": case.labels.get("brain_mask"),
-        "bias_field": case.images.get("bias_field"),
-        "normalized": case.images.get("normalized"),
-    }
-    for name, image in extras.items():
-        if image is not None:
-            write_image(image, folder / f"{name}.nii.gz")
-            written.append(f"{name}.nii.gz")
-    transform = case.transforms.get("to_mni")
-    if transform is not None:
-        written += [p.name for p in write_transform(transform, folder, stem="to_mni")]
+    with case.step("write") as recorded:
+        written = []
+        write_image(case.images.get("preproc", case.image), folder / "preproc.nii.gz")
+        written.append("preproc.nii.gz")
+        extras = {
+            "brain_mask": case.labels.get("brain_mask"),
+            "bias_field": case.images.get("bias_field"),
+            "normalized": case.images.get("normalized"),
+        }
+        for name, image in extras.items():
+            if image is not None:
+                write_image(image, folder / f"{name}.nii.gz")
+                written.append(f"{name}.nii.gz")
+        transform = case.transforms.get("to_mni")
+        if transform is not None:
+            written += [p.name for p in write_transform(transform, folder, stem="to_mni")]
+        recorded["files"] = written
     return written
 
 
@@ -176,8 +193,14 @@ def write_segment_outputs(case: Case, folder: Path, *, maps: bool = True) -> lis
     """Write ``tissue.nii.gz`` / ``dseg.nii.gz``, ``brain_mask.nii.gz`` and (``maps``) ``prob_*.nii.gz``.
 
     Returns the file names written; every image is on the input's native grid. ``maps=False`` skips the
-    probability, partial-volume and bias-field maps.
+    probability, partial-volume and bias-field maps. Records the step ``"write"`` on ``case``.
     """
+    with case.step("write") as recorded:
+        recorded["files"] = _write_label_maps(case, folder, maps=maps)
+    return list(recorded["files"])
+
+
+def _write_label_maps(case: Case, folder: Path, *, maps: bool) -> list[str]:
     written = []
     for key in ("tissue", "dseg", "brain_mask"):
         if key in case.labels:
@@ -290,8 +313,11 @@ def _segmenters(config: RunConfig) -> list[Any]:
     return out
 
 
-def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], None] | None = None) -> Case:
-    """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``."""
+def run_pipeline(case: Case, config: RunConfig) -> Case:
+    """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``.
+
+    Each step announces its start and end (:mod:`mriquant.core.progress`) and is recorded on the case.
+    """
     from mriquant.segment import segment_step
     from mriquant.segment.reconcile import reconcile_step
 
@@ -300,14 +326,10 @@ def run_pipeline(case: Case, config: RunConfig, *, progress: Callable[[str], Non
     segmenters = _segmenters(config)
     kinds = [s.registration_kind for s in segmenters if s.needs_registration]
     registration: Literal["rigid", "affine", "syn"] = "syn" if "syn" in kinds else "affine"
-    if progress:
-        progress("preprocessing")
     case = prepare_for_segmentation(
         case, skullstripped=config.skullstripped, needs_registration=bool(kinds), registration=registration
     )
     for segmenter in segmenters:
-        if progress:
-            progress(f"segmenting ({segmenter.name})")
         case = segment_step(case, segmenter)
     if not config.structures:
         case.labels.pop("dseg", None)
@@ -344,8 +366,9 @@ def write_run_outputs(
     """Write every output of ``run`` except ``manifest.json``; return the names written.
 
     Label images (native grid; with ``maps`` also the tissue probability / partial-volume maps),
-    ``volumes.json``, ``volumes.csv``, ``report.html`` / ``report.pdf``, and for DICOM input ``seg.dcm``,
-    ``sr.dcm`` and ``report_pdf.dcm`` (same study as the source).
+    ``volumes.json``, ``volumes.csv`` (step ``"write"``), ``report.html`` / ``report.pdf`` (step ``"report"``),
+    and for DICOM input ``seg.dcm``, ``sr.dcm`` and ``report_pdf.dcm`` (same study as the source; step
+    ``"export:dicom"``). The steps are recorded on ``case``.
     """
     from mriquant.core.labels import freesurfer
     from mriquant.io import write_json
@@ -353,26 +376,32 @@ def write_run_outputs(
     from mriquant.quantify.measure import volumes_csv
     from mriquant.report import build_report
 
-    written = write_segment_outputs(case, folder, maps=maps)
-    write_json(volumes, folder / "volumes.json")
-    with atomic_path(folder / "volumes.csv") as tmp:
-        tmp.write_text(volumes_csv(volumes))
-    written += ["volumes.json", "volumes.csv"]
-    written += build_report(
-        folder,
-        image=case.image,
-        volumes=volumes,
-        manifest=manifest,
-        brain_mask=case.labels.get("brain_mask"),
-        tissue=case.labels.get("tissue"),
-        dseg=case.labels.get("dseg"),
-        qc=volumes.get("qc"),
-    )
+    with case.step("write") as recorded:
+        files = _write_label_maps(case, folder, maps=maps)
+        write_json(volumes, folder / "volumes.json")
+        with atomic_path(folder / "volumes.csv") as tmp:
+            tmp.write_text(volumes_csv(volumes))
+        recorded["files"] = [*files, "volumes.json", "volumes.csv"]
+    written = list(recorded["files"])
+    with case.step("report") as recorded:
+        recorded["files"] = build_report(
+            folder,
+            image=case.image,
+            volumes=volumes,
+            manifest=manifest,
+            brain_mask=case.labels.get("brain_mask"),
+            tissue=case.labels.get("tissue"),
+            dseg=case.labels.get("dseg"),
+            qc=volumes.get("qc"),
+        )
+    written += recorded["files"]
     if case.image.meta.get("format") == "dicom" and "dseg" in case.labels:
         from mriquant.report.dicom_export import export_dicom
 
-        written += export_dicom(
-            folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
-            pdf=folder / "report.pdf",
-        )  # fmt: skip
+        with case.step("export:dicom") as recorded:
+            recorded["files"] = export_dicom(
+                folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
+                pdf=folder / "report.pdf",
+            )  # fmt: skip
+        written += recorded["files"]
     return written

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mriquant.core import progress
 from mriquant.core.image import Image, LabelImage
 
 
@@ -90,7 +91,8 @@ class Case:
     def step(self, name: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Time a block and append a :class:`Step` for it to this case's provenance.
 
-        The yielded dictionary holds the parameters; the block may add to it.
+        The yielded dictionary holds the parameters; the block may add to it. The start and the end
+        of the block are announced to any progress display (:mod:`mriquant.core.progress`).
 
         Examples
         --------
@@ -99,10 +101,27 @@ class Case:
         ...     pass
 
         """
-        from mriquant import __version__
+        with record_step(self.provenance, name, params) as recorded:
+            yield recorded
 
-        recorded: dict[str, Any] = dict(params or {})
-        started = datetime.now(UTC).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
+
+@contextmanager
+def record_step(steps: list[Step], name: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Time a block and append a :class:`Step` for it to ``steps`` (:meth:`Case.step` without a case).
+
+    Emits the step's start and its end (done, or failed when the block raises) as
+    :class:`~mriquant.core.progress.StepEvent` s; a failed step is not appended.
+    """
+    from mriquant import __version__
+
+    recorded: dict[str, Any] = dict(params or {})
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    progress.emit(name, "started")
+    try:
         yield recorded
-        self.provenance.append(Step(name, recorded, __version__, started, round(time.perf_counter() - t0, 3)))
+    except BaseException:
+        progress.emit(name, "failed", time.perf_counter() - t0)
+        raise
+    steps.append(Step(name, recorded, __version__, started, round(time.perf_counter() - t0, 3)))
+    progress.emit(name, "done", steps[-1].seconds)
