@@ -129,7 +129,7 @@ def _measure(baseline: SimulatedScan, followup: SimulatedScan, mode: str) -> dic
         base, follow = _truth_case(baseline), _truth_case(followup)
     else:
         base = run_pipeline(Case(baseline.image), RunConfig.classical(skullstripped=True, structures=False))
-        follow = prepare_for_segmentation(Case(followup.image), skullstripped=True, needs_registration=False)
+        follow = prepare_for_segmentation(Case(followup.image), skullstripped=True, registration=None)
     result = measure_change(base, follow)
     return {"pbvc": result.pbvc_percent, "method": result.pbvc_method, "registration": result.registration}
 

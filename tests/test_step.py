@@ -90,3 +90,19 @@ def test_register_options_refuse_an_unknown_kind() -> None:
 
 def test_no_options_is_recorded_as_nothing() -> None:
     assert ReconcileStep().options == NoOptions()
+
+
+def test_run_is_a_list_of_steps_with_one_registration_decision() -> None:
+    from mriquant.pipeline import RunConfig, StrippedMaskStep, pipeline_steps, registration_for
+
+    default = pipeline_steps(RunConfig())
+    assert [s.name for s in default] == ["n4", "skullstrip", "register", "segment:deep", "reconcile"]
+    assert isinstance(default[2], RegisterStep) and default[2].options.kind == "affine"
+    classical = pipeline_steps(RunConfig.classical())
+    assert [s.name for s in classical][-3:] == ["segment:mrf", "segment:atlas", "reconcile"]
+    assert [s.options.kind for s in classical if isinstance(s, RegisterStep)] == ["syn"]  # atlas's SyN serves both
+    stripped = pipeline_steps(RunConfig(skullstripped=True, structures=False))
+    assert isinstance(stripped[0], StrippedMaskStep) and [s.name for s in stripped][1:] == [
+        "n4", "register", "segment:deep"]  # fmt: skip
+    assert registration_for([get_segmenter("otsu")()]) is None
+    assert registration_for([get_segmenter("deep")(), get_segmenter("atlas")()]) == "syn"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from mriquant import __version__
 from mriquant.core.errors import MriquantError
@@ -316,7 +316,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from mriquant.cli_options import options_from_args
     from mriquant.io import output_folder
-    from mriquant.pipeline import prepare_for_segmentation, write_segment_outputs
+    from mriquant.pipeline import prepare_for_segmentation, registration_for, write_segment_outputs
     from mriquant.segment import get_segmenter, segment_step
 
     cls = get_segmenter(args.method)
@@ -325,10 +325,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     with _display(args) as display:
         with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
             case = prepare_for_segmentation(
-                _read_input(args),
-                skullstripped=args.skullstripped,
-                needs_registration=cls.needs_registration,
-                registration=cast(Any, cls.registration_kind),
+                _read_input(args), skullstripped=args.skullstripped, registration=registration_for([segmenter])
             )
             case = segment_step(case, segmenter)
             outputs = [*write_segment_outputs(case, staging), "manifest.json"]
@@ -358,8 +355,7 @@ def _cmd_longitudinal(args: argparse.Namespace) -> int:
                 followup = read_case(args.followup)
             interval, source = lg.resolve_interval(baseline.image, followup.image, args.interval_years)
             with scope("followup"):  # first: it is cheaper and refuses a non-brain
-                followup = prepare_for_segmentation(followup, skullstripped=args.skullstripped,
-                                                    needs_registration=False)  # fmt: skip
+                followup = prepare_for_segmentation(followup, skullstripped=args.skullstripped, registration=None)
             baseline = run_pipeline(baseline, config)
             options = lg.LongitudinalOptions(pbvc_method=args.pbvc_method)
             with baseline.step("longitudinal", {"options": options.as_dict()}):

@@ -17,9 +17,11 @@ from typing import Any, Literal
 
 from mriquant.core.case import Case, Step, record_step
 from mriquant.core.errors import InputError
+from mriquant.core.step import CaseStep, NoOptions, run_steps
 from mriquant.io import MIN_ANALYSIS_VOXELS, read_image, write_image
 from mriquant.io.transform_files import write_transform
 
+Kind = Literal["rigid", "affine", "syn"]
 #: Preprocessing steps in the order they run.
 PREPROCESS_STEPS = ("denoise", "n4", "skullstrip", "register", "normalize")
 DEFAULT_STEPS = ("n4", "skullstrip", "register")
@@ -45,7 +47,7 @@ class PreprocessConfig:
     """
 
     steps: tuple[str, ...] = DEFAULT_STEPS
-    registration: Literal["rigid", "affine", "syn"] = "affine"
+    registration: Kind = "affine"
     normalize: Literal["wm-peak", "zscore", "nyul"] = "wm-peak"
     save_bias_field: bool = False
     skullstripped: bool = False
@@ -77,24 +79,30 @@ def read_case(
     return Case(image, provenance=steps)
 
 
-def nonzero_mask_step(case: Case) -> Case:
-    """Case step for inputs the user declares skull-stripped: the brain mask is the non-zero region.
+class StrippedMaskStep(CaseStep[NoOptions]):
+    """Case step ``"skullstrip"`` for inputs the user declares skull-stripped: the brain mask is the non-zero region.
 
-    The largest connected region of non-zero voxels, with enclosed holes filled, becomes
-    ``labels["brain_mask"]``.
+    The largest connected region of non-zero voxels, with enclosed holes filled, becomes ``labels["brain_mask"]``.
 
     Raises
     ------
     InputError
         If the input has no non-zero region of at least 100 mL (not a skull-stripped brain).
     """
-    import numpy as np
-    from scipy import ndimage
 
-    from mriquant.core.image import LabelImage
+    name = "skullstrip"
 
-    out = case.evolve()
-    with out.step("skullstrip", {"assumed_stripped": True, "rule": "largest non-zero region, holes filled"}) as rec:
+    def params(self) -> dict[str, Any]:
+        """The rule."""
+        return {"assumed_stripped": True, "rule": "largest non-zero region, holes filled"}
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Take the non-zero region."""
+        import numpy as np
+        from scipy import ndimage
+
+        from mriquant.core.image import LabelImage
+
         regions, n = ndimage.label(case.image.array != 0)
         sizes = np.bincount(regions.ravel())[1:] if n else np.zeros(0, np.int64)
         volume = float(sizes.max()) * case.image.voxel_volume_ml if n else 0.0
@@ -104,13 +112,45 @@ def nonzero_mask_step(case: Case) -> Case:
                 "drop --skullstripped to strip the skull."
             )
         mask = ndimage.binary_fill_holes(regions == int(np.argmax(sizes)) + 1)
-        rec["brain_ml"] = round(float(mask.sum()) * case.image.voxel_volume_ml, 2)
-    out.labels["brain_mask"] = LabelImage(mask.astype(np.uint8), case.image.affine.copy(), {"source": "brain_mask"})
-    return out
+        record["brain_ml"] = round(float(mask.sum()) * case.image.voxel_volume_ml, 2)
+        brain = LabelImage(mask.astype(np.uint8), case.image.affine.copy(), {"source": "brain_mask"})
+        case.labels["brain_mask"] = brain
+
+
+def nonzero_mask_step(case: Case) -> Case:
+    """``StrippedMaskStep()(case)``."""
+    return StrippedMaskStep()(case)
 
 
 def _ordered(steps: tuple[str, ...]) -> list[str]:
     return [s for s in PREPROCESS_STEPS if s in steps]
+
+
+def preprocess_steps(config: PreprocessConfig) -> list[CaseStep[Any]]:
+    """The steps of ``config``, in :data:`PREPROCESS_STEPS` order.
+
+    With ``skullstripped`` the declared brain (the non-zero region) replaces skull stripping and comes first,
+    so N4 fits inside it.
+    """
+    from mriquant.preprocess.bias import N4Step, N4StepOptions
+    from mriquant.preprocess.denoise import DenoiseStep
+    from mriquant.preprocess.normalize import NormalizeOptions, NormalizeStep
+    from mriquant.preprocess.register import RegisterOptions, RegisterStep
+    from mriquant.preprocess.skullstrip import SkullStripStep
+
+    names = _ordered(config.steps)
+    steps: list[CaseStep[Any]] = []
+    if config.skullstripped and "skullstrip" in names:
+        names.remove("skullstrip")
+        steps.append(StrippedMaskStep())
+    by_name: dict[str, CaseStep[Any]] = {
+        "denoise": DenoiseStep(),
+        "n4": N4Step(N4StepOptions(save_field=config.save_bias_field)),
+        "skullstrip": SkullStripStep(),
+        "register": RegisterStep(RegisterOptions(kind=config.registration)),
+        "normalize": NormalizeStep(NormalizeOptions(method=config.normalize)),
+    }
+    return steps + [by_name[name] for name in names]
 
 
 def preprocess(case: Case, config: PreprocessConfig) -> Case:
@@ -123,25 +163,7 @@ def preprocess(case: Case, config: PreprocessConfig) -> Case:
         and ``transforms["to_mni"]`` as the steps provide them.
 
     """
-    from mriquant.preprocess import bias, denoise, normalize, register, skullstrip
-
-    steps = _ordered(config.steps)
-    if config.skullstripped and "skullstrip" in steps:
-        # the declared brain is known up front, so N4 can fit inside it
-        steps.remove("skullstrip")
-        case = nonzero_mask_step(case)
-    for name in steps:
-        if name == "denoise":
-            case = denoise.denoise_step(case)
-        elif name == "n4":
-            case = bias.n4_step(case, save_field=config.save_bias_field)
-        elif name == "skullstrip":
-            case = skullstrip.skullstrip_step(case)
-        elif name == "register":
-            case = register.register_step(case, kind=config.registration)
-        elif name == "normalize":
-            case = normalize.normalize_step(case, method=config.normalize)
-    return case
+    return run_steps(case, preprocess_steps(config))
 
 
 def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
@@ -172,21 +194,28 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
     return written
 
 
-def prepare_for_segmentation(
-    case: Case,
-    *,
-    skullstripped: bool,
-    needs_registration: bool,
-    registration: Literal["rigid", "affine", "syn"] = "affine",
-) -> Case:
-    """Preprocess ``case`` as a segmenter needs it.
+def registration_for(segmenters: list[Any]) -> Kind | None:
+    """The one place that decides the registration: the strongest any segmenter needs, or None.
 
-    Without ``skullstripped``: N4, skull stripping, and registration to MNI152 when the
-    method uses it. With ``skullstripped``: the brain mask is the input's non-zero region
-    and N4 runs inside it.
+    A segmenter says what it needs (``needs_registration``, ``registration_kind``); SyN serves an affine
+    need too, an affine a rigid one. The pipeline registers once and hands the transform to every segmenter.
     """
-    steps: tuple[str, ...] = ("n4", "skullstrip") + (("register",) if needs_registration else ())
-    return preprocess(case, PreprocessConfig(steps=steps, skullstripped=skullstripped, registration=registration))
+    kinds = {str(s.registration_kind) for s in segmenters if s.needs_registration}
+    order: tuple[Kind, ...] = ("syn", "affine", "rigid")
+    return next((kind for kind in order if kind in kinds), None)
+
+
+def segmentation_preprocess_steps(*, skullstripped: bool, registration: Kind | None) -> list[CaseStep[Any]]:
+    """N4 and skull stripping (or the declared brain), then ``registration`` to MNI152 unless it is None."""
+    steps: tuple[str, ...] = ("n4", "skullstrip") + (("register",) if registration else ())
+    return preprocess_steps(
+        PreprocessConfig(steps=steps, skullstripped=skullstripped, registration=registration or "affine")
+    )
+
+
+def prepare_for_segmentation(case: Case, *, skullstripped: bool, registration: Kind | None) -> Case:
+    """Preprocess ``case`` as segmenters need it (:func:`segmentation_preprocess_steps`)."""
+    return run_steps(case, segmentation_preprocess_steps(skullstripped=skullstripped, registration=registration))
 
 
 def write_segment_outputs(case: Case, folder: Path, *, maps: bool = True) -> list[str]:
@@ -313,27 +342,30 @@ def _segmenters(config: RunConfig) -> list[Any]:
     return out
 
 
+def pipeline_steps(config: RunConfig) -> list[CaseStep[Any]]:
+    """The processing steps of ``mriquant run``: preprocessing, one step per segmenter, then reconciliation."""
+    from mriquant.segment.base import SegmentStep
+    from mriquant.segment.reconcile import ReconcileStep
+
+    if not config.structures:  # also when RunConfig(structures=False) was built directly
+        config = config.without_structures()
+    segmenters = _segmenters(config)
+    steps = segmentation_preprocess_steps(skullstripped=config.skullstripped, registration=registration_for(segmenters))
+    steps += [SegmentStep(segmenter) for segmenter in segmenters]
+    if config.structures:
+        steps.append(ReconcileStep())  # tissues and structures must tell one story
+    return steps
+
+
 def run_pipeline(case: Case, config: RunConfig) -> Case:
     """Preprocess, then segment tissues and structures: the processing part of ``mriquant run``.
 
     Each step announces its start and end (:mod:`mriquant.core.progress`) and is recorded on the case.
     """
-    from mriquant.segment import segment_step
-    from mriquant.segment.reconcile import reconcile_step
-
-    if not config.structures:  # also when RunConfig(structures=False) was built directly
-        config = config.without_structures()
-    segmenters = _segmenters(config)
-    kinds = [s.registration_kind for s in segmenters if s.needs_registration]
-    registration: Literal["rigid", "affine", "syn"] = "syn" if "syn" in kinds else "affine"
-    case = prepare_for_segmentation(
-        case, skullstripped=config.skullstripped, needs_registration=bool(kinds), registration=registration
-    )
-    for segmenter in segmenters:
-        case = segment_step(case, segmenter)
+    case = run_steps(case, pipeline_steps(config))
     if not config.structures:
         case.labels.pop("dseg", None)
-    return reconcile_step(case)
+    return case
 
 
 def quantify_case(case: Case) -> dict[str, Any]:

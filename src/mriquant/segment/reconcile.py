@@ -176,7 +176,10 @@ def reconcile(tissue: LabelImage, dseg: LabelImage, probabilities: dict[str, Ima
 
 
 class ReconcileStep(CaseStep[NoOptions]):
-    """Case step ``"reconcile"``: :func:`reconcile` the case's ``tissue`` and ``dseg`` (both must exist)."""
+    """Case step ``"reconcile"``: :func:`reconcile` the case's ``tissue`` and ``dseg``.
+
+    A case without both maps is left as it is, and the step records why it was skipped.
+    """
 
     name = "reconcile"
 
@@ -186,6 +189,10 @@ class ReconcileStep(CaseStep[NoOptions]):
 
     def apply(self, case: Case, record: dict[str, Any]) -> None:
         """Reconcile the maps and the tissue posteriors."""
+        missing = [key for key in ("tissue", "dseg") if key not in case.labels]
+        if missing:
+            record["skipped"] = f"no {' and no '.join(missing)} map"
+            return
         names = [t.name for t in TISSUES if f"prob_{t.name}" in case.images]
         result = reconcile(case.labels["tissue"], case.labels["dseg"], {n: case.images[f"prob_{n}"] for n in names})
         record["moved_ml"] = result.moved_ml
