@@ -57,6 +57,9 @@ def _add_method_flags(p: argparse.ArgumentParser, argv: Sequence[str], *, defaul
         add_method_options(p, name, cls.options_type)
 
 
+SubParsers = Any  # argparse's _SubParsersAction (private type)
+
+
 def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mriquant",
@@ -66,7 +69,15 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr, no progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_info_convert(sub)
+    _add_preprocess(sub)
+    _add_segment_run(sub, argv)
+    _add_longitudinal(sub)
+    _add_evaluate_train(sub)
+    return parser
 
+
+def _add_info_convert(sub: SubParsers) -> None:
     p = sub.add_parser("info", help="formats, methods, models, label tables and versions")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(handler=_cmd_info)
@@ -77,6 +88,8 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(handler=_cmd_convert)
 
+
+def _add_preprocess(sub: SubParsers) -> None:
     p = sub.add_parser("preprocess", help="N4, skull stripping, MNI152 registration, normalisation")
     _add_input_options(p)
     _add_output_options(p)
@@ -103,6 +116,8 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--skullstripped", action="store_true", help="input is already skull-stripped")
     p.set_defaults(handler=_cmd_preprocess)
 
+
+def _add_segment_run(sub: SubParsers, argv: Sequence[str]) -> None:
     p = sub.add_parser("segment", help="segment tissues and/or structures with one method")
     _add_input_options(p)
     _add_output_options(p)
@@ -126,6 +141,8 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_run)
     _add_method_flags(p, argv, default=None)
 
+
+def _add_longitudinal(sub: SubParsers) -> None:
     p = sub.add_parser("longitudinal", help="change between a baseline and a follow-up scan")
     p.add_argument("baseline", type=Path)
     p.add_argument("followup", type=Path)
@@ -147,6 +164,8 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_cmd_longitudinal)
 
+
+def _add_evaluate_train(sub: SubParsers) -> None:
     p = sub.add_parser("evaluate", help="compare a label map with a reference: Dice, HD95, ASSD, volume")
     p.add_argument("pred", type=Path, help="predicted label map")
     p.add_argument("truth", type=Path, help="reference label map (any grid: resampled by world coordinates)")
@@ -165,7 +184,6 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(handler=_cmd_train)
-    return parser
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
