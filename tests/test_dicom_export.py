@@ -28,9 +28,9 @@ from scipy.spatial.transform import Rotation
 from mriquant.core.errors import DicomError, GeometryError, InputError
 from mriquant.core.image import LabelImage
 from mriquant.core.labels import TISSUES, freesurfer
+from mriquant.export import export_dicom, structure_code
 from mriquant.io import read_image
 from mriquant.quantify.volumes import label_volumes
-from mriquant.report.dicom_export import export_dicom, structure_code
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHILIPS = DATA / "dicom" / "philips-t1-mprage" / "dicom"
@@ -434,7 +434,7 @@ def test_philips_export_ignores_file_order(tmp_path: Path) -> None:
 
 
 def test_frame_off_the_voxel_grid_is_refused() -> None:
-    from mriquant.report.dicom_export import Plane, frame_indices
+    from mriquant.export.dicom import Plane, frame_indices
 
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS of voxel (i, j, k) = (-i, -j, k): LPS (i, j, k)
     plane = Plane(np.array([2.0, 3.0, 4.0]), np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (1.0, 1.0), (5, 6))

@@ -369,7 +369,7 @@ def write_run_outputs(
         qc=volumes.get("qc"),
     )
     if case.image.meta.get("format") == "dicom" and "dseg" in case.labels:
-        from mriquant.report.dicom_export import export_dicom
+        from mriquant.export import export_dicom
 
         written += export_dicom(
             folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
