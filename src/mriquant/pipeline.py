@@ -372,7 +372,7 @@ def write_run_outputs(
         from mriquant.export import export_dicom
 
         written += export_dicom(
-            folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
+            folder, source=source, image=case.image, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
             pdf=folder / "report.pdf",
         )  # fmt: skip
     return written
