@@ -28,9 +28,9 @@ from scipy.spatial.transform import Rotation
 from mriquant.core.errors import DicomError, GeometryError, InputError
 from mriquant.core.image import LabelImage
 from mriquant.core.labels import TISSUES, freesurfer
+from mriquant.export import export_dicom, structure_code
 from mriquant.io import read_image
 from mriquant.quantify.volumes import label_volumes
-from mriquant.report.dicom_export import export_dicom, structure_code
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHILIPS = DATA / "dicom" / "philips-t1-mprage" / "dicom"
@@ -434,7 +434,7 @@ def test_philips_export_ignores_file_order(tmp_path: Path) -> None:
 
 
 def test_frame_off_the_voxel_grid_is_refused() -> None:
-    from mriquant.report.dicom_export import Plane, frame_indices
+    from mriquant.export.dicom import Plane, frame_indices
 
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS of voxel (i, j, k) = (-i, -j, k): LPS (i, j, k)
     plane = Plane(np.array([2.0, 3.0, 4.0]), np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (1.0, 1.0), (5, 6))
@@ -445,3 +445,106 @@ def test_frame_off_the_voxel_grid_is_refused() -> None:
         frame_indices(shifted, affine, (10, 10, 10))
     with pytest.raises(GeometryError, match="outside shape"):
         frame_indices(plane, affine, (6, 10, 10))
+
+
+# ----------------------------------------------------------------------------- headers read once
+
+
+class SourceReads:
+    """Records every file opened below ``root`` (builtins/io ``open``, hence ``Path.read_bytes``, ``zipfile``,
+    pydicom's deferred reads) and every ``pydicom.dcmread`` call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+        import builtins
+        import io
+
+        self.opened: list[str] = []
+        self.dcmread: list[str] = []
+        real_open, real_dcmread, root = builtins.open, pydicom.dcmread, root.resolve()
+
+        def watched_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(file, str | Path) and Path(file).resolve().is_relative_to(root):
+                self.opened.append(str(file))
+            return real_open(file, *args, **kwargs)
+
+        def watched_dcmread(fp: Any, *args: Any, **kwargs: Any) -> Any:
+            self.dcmread.append(str(fp))
+            return real_dcmread(fp, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", watched_open)
+        monkeypatch.setattr(io, "open", watched_open)
+        monkeypatch.setattr(pydicom, "dcmread", watched_dcmread)
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_run_export_opens_no_source_file(series: Series, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         as_zip: bool) -> None:  # fmt: skip
+    from mriquant.core.case import Case
+    from mriquant.pipeline import write_run_outputs
+
+    source = series.folder
+    if as_zip:
+        source = tmp_path / "zipped" / "scan.zip"
+        source.parent.mkdir()
+        with zipfile.ZipFile(source, "w") as zf:
+            for path in sorted(series.folder.iterdir()):
+                zf.write(path, f"dicom/{path.name}")
+    case = Case(read_image(source))
+    case.labels["dseg"] = labels_on_grid(source, world_labels)
+    volumes = volumes_of(case.labels["dseg"])
+
+    reads = SourceReads(monkeypatch, source.parent if as_zip else source)
+    written = write_run_outputs(case, tmp_path / "out", volumes, manifest={}, source=source)
+    monkeypatch.undo()
+
+    assert {"seg.dcm", "sr.dcm", "report_pdf.dcm"} <= set(written)
+    assert reads.opened == [] and reads.dcmread == []
+    seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
+    assert label_of_segment(seg) == {1: 4, 2: 17, 3: 53}
+    check_geometry(seg, {str(ds.SOPInstanceUID): ds for ds in series.datasets}, _expected_by_uid(series.datasets))
+
+
+def test_export_from_the_image_equals_export_from_the_path(series: Series, tmp_path: Path) -> None:
+    image = read_image(series.folder)
+    dseg = labels_on_grid(series.folder, world_labels)
+    volumes = volumes_of(dseg)
+    headers = image.meta["dicom_headers"].datasets
+    for ds in headers:
+        del ds.AccessionNumber  # a Type 2 attribute the export adds empty
+    export_dicom(tmp_path / "image", image=image, dseg=dseg, volumes=volumes, table=freesurfer())
+    export_dicom(tmp_path / "path", source=series.folder, dseg=dseg, volumes=volumes, table=freesurfer())
+    segs = [hd.seg.segread(tmp_path / run / "seg.dcm") for run in ("image", "path")]
+    assert segs[0].PixelData == segs[1].PixelData
+    assert frame_sources(segs[0]) == frame_sources(segs[1])
+    srs = [hd.sr.srread(tmp_path / run / "sr.dcm") for run in ("image", "path")]
+    evidence = [{str(i.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence[0]
+                 .ReferencedSeriesSequence for i in s.ReferencedSOPSequence} for sr in srs]  # fmt: skip
+    sources = {str(ds.SOPInstanceUID) for ds in series.datasets}
+    assert evidence[0] - {segs[0].SOPInstanceUID} == evidence[1] - {segs[1].SOPInstanceUID} == sources
+    assert segs[0].AccessionNumber == segs[1].AccessionNumber == ""
+    # the reader kept the headers only, and the export did not change them (Type 2 attributes go on a copy)
+    assert len(headers) == 12 and not any("PixelData" in ds or "AccessionNumber" in ds for ds in headers)
+
+
+def test_image_not_read_from_dicom_is_refused(series: Series, tmp_path: Path) -> None:
+    dseg = labels_on_grid(series.folder, world_labels)
+    image = read_image(series.folder)
+    image.meta.pop("dicom_headers")
+    with pytest.raises(DicomError) as exc:
+        export_dicom(tmp_path / "out", image=image, dseg=dseg, volumes=volumes_of(dseg), table=freesurfer())
+    _assert_message(exc, "Expected the image read from a DICOM series")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_sidecar_leaves_out_the_headers(series: Series, tmp_path: Path) -> None:
+    import json
+
+    from mriquant.cli import main
+    from mriquant.convert import sidecar
+
+    assert main(["convert", str(series.folder), str(tmp_path / "scan.nii.gz")]) == 0
+    written = json.loads((tmp_path / "scan.json").read_text())
+    image = read_image(series.folder)
+    image.meta.pop("dicom_headers")  # the meta the reader returned before it kept the headers
+    assert written == json.loads(json.dumps(sidecar(image), default=str))
+    assert "dicom_headers" not in json.dumps(written) and "SeriesHeaders" not in json.dumps(written)

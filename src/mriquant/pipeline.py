@@ -428,12 +428,12 @@ def write_run_outputs(
         )
     written += recorded["files"]
     if case.image.meta.get("format") == "dicom" and "dseg" in case.labels:
-        from mriquant.report.dicom_export import export_dicom
+        from mriquant.export import export_dicom
 
         with case.step("export:dicom") as recorded:
             recorded["files"] = export_dicom(
-                folder, source=source, dseg=case.labels["dseg"], volumes=volumes, table=freesurfer(),
-                pdf=folder / "report.pdf",
+                folder, source=source, image=case.image, dseg=case.labels["dseg"], volumes=volumes,
+                table=freesurfer(), pdf=folder / "report.pdf",
             )  # fmt: skip
         written += recorded["files"]
     return written

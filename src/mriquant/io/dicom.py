@@ -68,8 +68,11 @@ mosaic), ``series_uid``, ``study_uid``, ``frame_of_reference_uid``, ``modality``
 ``files`` (paths, or zip member names, in slice order), ``sop_instance_uids`` (same
 order), ``dicom`` (report-header fields as str, identifying ones included), ``sidecar``
 (non-identifying acquisition parameters, times in seconds), ``series`` (the listing:
-index, uid, number, description, n_files, rows, columns, n_slices, chosen, ...) and
-``warnings``.
+index, uid, number, description, n_files, rows, columns, n_slices, chosen, ...),
+``warnings`` and ``dicom_headers`` (:data:`HEADERS_KEY`): a :class:`SeriesHeaders` holding the
+pixel-less datasets of the files in ``files``, so that the DICOM export reuses them instead of
+reading the series again. It is the one entry that is not JSON; no writer dumps ``meta`` whole
+(the ``convert`` sidecar takes ``sidecar`` and ``warnings`` only), and a new one must skip it.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ import shutil
 import struct
 import tempfile
 import zipfile
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +142,39 @@ _RAW_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PHILIPS_IMAGING = "Philips MR Imaging DD 001"
 _PHILIPS_FRAME = "Philips MR Imaging DD 005"
+#: FloatPixelData (7FE0,0008): where ``dcmread(stop_before_pixels=True)`` stops, and where kept headers end.
+_FIRST_PIXEL_TAG = 0x7FE00008
+#: ``meta`` key of the :class:`SeriesHeaders` of a DICOM read.
+HEADERS_KEY = "dicom_headers"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SeriesHeaders:
+    """The headers of the series read, kept for the DICOM export (which then opens no file).
+
+    Attributes
+    ----------
+    kind : str
+        ``"classic"``, ``"enhanced"`` or ``"mosaic"`` (as ``meta["dicom_kind"]``).
+    datasets : tuple of pydicom.dataset.Dataset
+        One per file of the chosen stack, in the order of ``meta["files"]``. Every value is loaded
+        (nothing deferred to a file that may be gone) and every element from (7FE0,0008) on is dropped,
+        as ``dcmread(..., stop_before_pixels=True)`` reads them: headers only, no pixel data.
+
+    """
+
+    kind: str
+    datasets: tuple[Dataset, ...]
+
+    def __repr__(self) -> str:
+        return f"SeriesHeaders(kind={self.kind!r}, {len(self.datasets)} datasets)"
+
+
+def series_headers(meta: Mapping[str, Any]) -> SeriesHeaders | None:
+    """The :class:`SeriesHeaders` in an image's ``meta``, or None for an image not read from DICOM."""
+    headers = meta.get(HEADERS_KEY)
+    return headers if isinstance(headers, SeriesHeaders) else None
+
 
 # ----------------------------------------------------------------------------- finding files
 
@@ -564,12 +601,30 @@ def volume_affine(layout: Layout) -> npt.NDArray[np.float64]:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def _file_order(layout: Layout) -> list[str]:
-    seen: dict[str, None] = {}
+def _file_order(layout: Layout) -> list[SourceFile]:
+    """The files of the stack, in slice order (the first frame of each file decides)."""
+    seen: dict[str, SourceFile] = {}
     for volume in layout.volumes:
         for frame in volume:
-            seen.setdefault(frame.source.origin, None)
-    return list(seen)
+            seen.setdefault(frame.source.origin, frame.source)
+    return list(seen.values())
+
+
+def _header_only(ds: Dataset) -> Dataset:
+    """``ds`` with its pixel data (and any element after it) dropped and every other value read now.
+
+    Call it once the pixels are decoded and before the staging folder is removed: a deferred value
+    would otherwise be read from the file later, or from a copy that no longer exists.
+    """
+    tags = ds.keys()  # tags only: iterating the dataset itself would read the pixel data
+    for tag in [tag for tag in tags if tag >= _FIRST_PIXEL_TAG]:
+        del ds[tag]
+    ds.walk(lambda _dataset, _element: None)  # reading each element loads deferred values
+    return ds
+
+
+def _series_headers(chosen: Stack, layout: Layout) -> SeriesHeaders:
+    return SeriesHeaders(chosen.first.kind, tuple(_header_only(src.dataset) for src in _file_order(layout)))
 
 
 def _meta(path: Path, stacks: list[Stack], chosen: Stack, layout: Layout) -> dict[str, Any]:
@@ -582,7 +637,7 @@ def _meta(path: Path, stacks: list[Stack], chosen: Stack, layout: Layout) -> dic
         "study_uid": str(ds.get("StudyInstanceUID", "")),
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
         "modality": str(ds.get("Modality", "")),
-        "files": _file_order(layout),
+        "files": [src.origin for src in _file_order(layout)],
         "sop_instance_uids": list(dict.fromkeys(f.sop_uid for v in layout.volumes for f in v)),
         "dicom": header_fields(ds),
         "sidecar": sidecar(ds, layout.volumes[0][0]),
@@ -634,6 +689,7 @@ def read_dicom(path: Path, options: ReadOptions) -> RawVolume:
             raise chosen.error
         array = volume_array(chosen.layout)
         meta = _meta(path, stacks, chosen, chosen.layout)
+        meta[HEADERS_KEY] = _series_headers(chosen, chosen.layout)  # after decoding: drops the pixel data
     for warning in chosen.layout.warnings:
         log.warning("%s: %s", path, warning)
     return RawVolume(array, volume_affine(chosen.layout), meta)

@@ -33,14 +33,12 @@ axis order is assumed, so sagittal, oblique or reversed slice orders export corr
 
 from __future__ import annotations
 
-import gzip
+import copy
 import hashlib
-import io
 import logging
 import math
 import platform
 import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +50,6 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -64,6 +61,7 @@ from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import LabelTable, freesurfer
 from mriquant.io import detect_format, read_image
 from mriquant.io.base import check_file
+from mriquant.io.dicom import series_headers
 from mriquant.io.dicom_series import as_floats, first_item, nested_value
 from mriquant.io.write import atomic_path
 
@@ -183,6 +181,11 @@ class Source:
         """The dataset the patient and study modules are copied from."""
         return self.datasets[0]
 
+    @property
+    def name(self) -> str:
+        """Name of the source as the user gave it (folder, zip or file), for messages."""
+        return Path(str(self.image.meta.get("source", "image"))).name
+
 
 def _require_dicom(source: Path) -> None:
     check_file(source)
@@ -195,20 +198,6 @@ def _require_dicom(source: Path) -> None:
             f"Expected a DICOM folder, zip or file as the source, found {source.name} ({fmt}); "
             "pass the DICOM series the label map was computed from."
         )
-
-
-def _read_header(data: bytes) -> Dataset:
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-
-
-def _file_bytes(source: Path, files: Sequence[str]) -> list[bytes]:
-    """Contents of the files the reader chose: paths, or members of a zip ``source``."""
-    if source.is_file() and zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            return [zf.read(name) for name in files]
-    return [Path(name).read_bytes() for name in files]
 
 
 def _plane(item: Dataset | None, shared: Dataset | None, ds: Dataset) -> Plane:
@@ -251,40 +240,68 @@ def _slice_order(datasets: list[Dataset]) -> list[Dataset]:
 
 
 def _fill_type2(ds: Dataset) -> Dataset:
-    """Add empty Type 2 patient/study attributes highdicom reads unconditionally (in memory only)."""
-    for keyword in _TYPE2:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+    """``ds``, or a copy with the empty Type 2 patient/study attributes highdicom reads unconditionally.
+
+    A copy, because ``ds`` belongs to the image the reader returned (in memory only; nothing is written back).
+    """
+    missing = [keyword for keyword in _TYPE2 if keyword not in ds]
+    if not missing:
+        return ds
+    ds = copy.deepcopy(ds)
+    for keyword in missing:
+        setattr(ds, keyword, "")
     return ds
 
 
-def load_source(source: Path) -> Source:
-    """Read the source series: its image on the native grid and its datasets (no pixel data).
+def read_source(source: Path) -> Image:
+    """Read the DICOM series ``source`` (folder, zip or file) with its headers, for :func:`load_source`.
 
     Raises
     ------
     DicomError
-        If ``source`` is not DICOM, is a Siemens mosaic or a series of several multi-frame files
-        (highdicom derives a SEG from one multi-frame image or from single-frame images),
-        or lacks frame geometry.
+        If ``source`` is not DICOM.
 
     """
     _require_dicom(source)
-    image = read_image(source)
-    meta = image.meta
-    if meta.get("dicom_kind") == "mosaic":
+    return read_image(source)
+
+
+def load_source(image: Image) -> Source:
+    """The source series of ``image``, from the headers the reader kept (no file is read).
+
+    Parameters
+    ----------
+    image : Image
+        The scan as :func:`mriquant.io.read_image` returned it from the DICOM series; its
+        ``meta["dicom_headers"]`` holds the series' datasets without pixel data.
+
+    Raises
+    ------
+    DicomError
+        If ``image`` was not read from DICOM, is a Siemens mosaic or a series of several multi-frame
+        files (highdicom derives a SEG from one multi-frame image or from single-frame images),
+        or lacks frame geometry.
+
+    """
+    name = Path(str(image.meta.get("source", "image"))).name
+    headers = series_headers(image.meta)
+    if headers is None:
         raise DicomError(
-            f"Expected classic or enhanced DICOM images as the source, found a Siemens mosaic in {source.name}; "
+            f"Expected the image read from a DICOM series as the source, found {name} "
+            f"({image.meta.get('format', 'unknown format')}, no DICOM headers); "
+            "pass the image read_image returned for the DICOM series the label map was computed from."
+        )
+    if headers.kind == "mosaic":
+        raise DicomError(
+            f"Expected classic or enhanced DICOM images as the source, found a Siemens mosaic in {name}; "
             "export the segmentation as NIfTI instead."
         )
-    wanted = set(meta["sop_instance_uids"])
-    headers = [_read_header(data) for data in _file_bytes(source, meta["files"])]
-    datasets = [_fill_type2(ds) for ds in headers if str(ds.get("SOPInstanceUID", "")) in wanted]
+    datasets = [_fill_type2(ds) for ds in headers.datasets]
     enhanced = sum("PerFrameFunctionalGroupsSequence" in ds for ds in datasets)
     if enhanced and len(datasets) > 1:
         raise DicomError(
             f"Expected one multi-frame file or single-frame files as the source series, found {enhanced} "
-            f"multi-frame files among {len(datasets)} in {source.name}; export the segmentation as NIfTI instead."
+            f"multi-frame files among {len(datasets)} in {name}; export the segmentation as NIfTI instead."
         )
     if len(datasets) > 1:
         datasets = _slice_order(datasets)
@@ -295,10 +312,11 @@ def load_source(source: Path) -> Source:
 # ----------------------------------------------------------------------------- geometry
 
 
-def _check_grid(image: Image, dseg: LabelImage, source: Path) -> None:
+def _check_grid(src: Source, dseg: LabelImage) -> None:
+    image = src.image
     if not image.same_grid(dseg):
         raise GeometryError(
-            f"Expected a label map on the native grid of {source.name} (shape {image.shape}, "
+            f"Expected a label map on the native grid of {src.name} (shape {image.shape}, "
             f"spacing {tuple(round(s, 3) for s in image.spacing)} mm), found shape {dseg.shape} with "
             f"spacing {tuple(round(s, 3) for s in dseg.spacing)} mm or another affine; "
             "resample the labels to the source grid (nearest neighbour) before exporting."
@@ -618,7 +636,8 @@ def build_pdf(src: Source, pdf: Path, *, series_number: int, equipment: Equipmen
 def export_dicom(
     folder: Path,
     *,
-    source: Path,
+    source: Path | None = None,
+    image: Image | None = None,
     dseg: LabelImage,
     volumes: dict[str, Any],
     table: LabelTable,
@@ -628,16 +647,20 @@ def export_dicom(
     """Write a DICOM SEG, a TID 1500 SR and optionally an Encapsulated PDF into ``folder``.
 
     Every object is built before any file is written, and each file is written atomically,
-    so bad input writes nothing.
+    so bad input writes nothing. With ``image`` no source file is opened: the headers come from
+    the reader (``image.meta["dicom_headers"]``).
 
     Parameters
     ----------
     folder : pathlib.Path
         Output folder (created if needed).
-    source : pathlib.Path
-        The DICOM input as the user gave it (folder, zip or file).
+    source : pathlib.Path, optional
+        The DICOM input as the user gave it (folder, zip or file); read only when ``image`` is not given.
+    image : Image, optional
+        The scan :func:`mriquant.io.read_image` returned for the DICOM input (the pipeline's ``case.image``).
+        One of ``source`` and ``image`` is required.
     dseg : LabelImage
-        FreeSurfer-id label map on the native grid of ``read_image(source)`` (same shape and affine).
+        FreeSurfer-id label map on the native grid of the source image (same shape and affine).
     volumes : dict
         ``"structures"``: rows ``{"label", "name", "volume_ml", ...}`` (mL); ``"etiv_ml"``: float or None.
     table : LabelTable
@@ -655,22 +678,27 @@ def export_dicom(
     Raises
     ------
     DicomError
-        If ``source`` is not a usable DICOM series.
+        If the source is not a usable DICOM series.
     GeometryError
         If ``dseg`` is not on the source grid.
     InputError
-        For an empty label map, a bad volume or a missing PDF.
+        For neither ``source`` nor ``image``, an empty label map, a bad volume or a missing PDF.
 
     Examples
     --------
-    >>> export_dicom(Path("out/dicom"), source=Path("scan_dicom"), dseg=dseg,
+    >>> image = read_image("scan_dicom")  # doctest: +SKIP
+    >>> export_dicom(Path("out/dicom"), image=image, dseg=dseg,
     ...              volumes=volumes, table=freesurfer())  # doctest: +SKIP
     ['seg.dcm', 'sr.dcm']
 
     """
-    source, folder = Path(source), Path(folder)
-    src = load_source(source)
-    _check_grid(src.image, dseg, source)
+    folder = Path(folder)
+    if image is None:
+        if source is None:
+            raise InputError("Expected the source image or its path, found neither; pass image= or source=.")
+        image = read_source(Path(source))
+    src = load_source(image)
+    _check_grid(src, dseg)
     equipment = Equipment.here()
     numbers = segment_numbers(dseg)
     with warnings.catch_warnings():
@@ -684,5 +712,5 @@ def export_dicom(
     for name, dataset in objects.items():
         with atomic_path(folder / name) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)
-    log.info("DICOM export of %s: %s", source, ", ".join(objects))
+    log.info("DICOM export of %s: %s", image.meta.get("source", src.name), ", ".join(objects))
     return list(objects)
