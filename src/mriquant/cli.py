@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mriquant import __version__
+from mriquant.core import outputs as out
 from mriquant.core.errors import MriquantError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -305,7 +306,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             outputs = write_run_outputs(case, staging, volumes, manifest=document([]), source=args.input,
                                         maps=args.save_maps)  # fmt: skip
-            write_json(document([*outputs, "manifest.json"]), staging / "manifest.json")
+            write_json(document([*outputs, out.MANIFEST]), staging / out.MANIFEST)
         display.finish(f"wrote {args.output} ({_elapsed(t0)})")
     return 0
 
@@ -325,7 +326,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     with _display(args) as display:
         with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
             case = preprocess(_read_input(args), config)
-            outputs = [*write_preprocess_outputs(case, staging), "manifest.json"]
+            outputs = [*write_preprocess_outputs(case, staging), out.MANIFEST]
             _write_manifest(args, staging, case, parameters=config.as_dict(), outputs=outputs, started=started, t0=t0)
         display.finish(f"wrote {args.output} ({_elapsed(t0)})")
     return 0
@@ -346,7 +347,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 _read_input(args), skullstripped=args.skullstripped, registration=registration_for([segmenter])
             )
             case = segment_step(case, segmenter)
-            outputs = [*write_segment_outputs(case, staging), "manifest.json"]
+            outputs = [*write_segment_outputs(case, staging), out.MANIFEST]
             params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
             _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
         display.finish(f"wrote {args.output} ({_elapsed(t0)})")
@@ -402,10 +403,10 @@ def _write_longitudinal_outputs(
     with baseline.step("quantify", {}):
         volumes = quantify_case(baseline)
     with baseline.step("write") as recorded:
-        write_json(change, staging / "change.json")
-        with atomic_path(staging / "change.csv") as tmp:
+        write_json(change, staging / out.CHANGE_JSON)
+        with atomic_path(staging / out.CHANGE_CSV) as tmp:
             tmp.write_text(change_csv(change))
-        recorded["files"] = ["change.json", "change.csv"]
+        recorded["files"] = [out.CHANGE_JSON, out.CHANGE_CSV]
 
     def document(outputs: list[str]) -> dict[str, Any]:
         followup_steps = (dataclasses.replace(s, name=f"followup {s.name}") for s in followup.provenance)
@@ -417,7 +418,7 @@ def _write_longitudinal_outputs(
             extra={"input_geometry": {"baseline": _geometry(baseline.image), "followup": _geometry(followup.image)}},
         )  # fmt: skip
 
-    outputs = ["change.json", "change.csv"]
+    outputs = [out.CHANGE_JSON, out.CHANGE_CSV]
     with baseline.step("report") as recorded:
         recorded["files"] = build_change_report(
             staging, baseline=baseline.images.get("preproc", baseline.image),
@@ -425,8 +426,8 @@ def _write_longitudinal_outputs(
             manifest=document([]), brain_mask=baseline.labels.get("brain_mask"), tissue=baseline.labels.get("tissue"),
             dseg=baseline.labels.get("dseg"), qc=volumes.get("qc"),
         )  # fmt: skip
-    outputs += [*recorded["files"], "manifest.json"]
-    write_json(document(outputs), staging / "manifest.json")
+    outputs += [*recorded["files"], out.MANIFEST]
+    write_json(document(outputs), staging / out.MANIFEST)
     return outputs
 
 
@@ -455,7 +456,7 @@ def _write_manifest(
         seconds=time.perf_counter() - t0,
         extra={"input_geometry": _geometry(case.image)},
     )
-    write_json(data, staging / "manifest.json")
+    write_json(data, staging / out.MANIFEST)
 
 
 def _geometry(image: Any) -> dict[str, Any]:

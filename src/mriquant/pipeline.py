@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mriquant.core import outputs as out
 from mriquant.core.case import Case, Step, record_step
 from mriquant.core.errors import InputError
 from mriquant.core.step import CaseStep, NoOptions, run_steps
@@ -176,8 +177,8 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
     """
     with case.step("write") as recorded:
         written = []
-        write_image(case.images.get("preproc", case.image), folder / "preproc.nii.gz")
-        written.append("preproc.nii.gz")
+        write_image(case.images.get("preproc", case.image), folder / out.PREPROC)
+        written.append(out.PREPROC)
         extras = {
             "brain_mask": case.labels.get("brain_mask"),
             "bias_field": case.images.get("bias_field"),
@@ -185,11 +186,11 @@ def write_preprocess_outputs(case: Case, folder: Path) -> list[str]:
         }
         for name, image in extras.items():
             if image is not None:
-                write_image(image, folder / f"{name}.nii.gz")
-                written.append(f"{name}.nii.gz")
+                write_image(image, folder / out.image_file(name))
+                written.append(out.image_file(name))
         transform = case.transforms.get("to_mni")
         if transform is not None:
-            written += [p.name for p in write_transform(transform, folder, stem="to_mni")]
+            written += [p.name for p in write_transform(transform, folder, stem=out.TO_MNI)]
         recorded["files"] = written
     return written
 
@@ -233,12 +234,12 @@ def _write_label_maps(case: Case, folder: Path, *, maps: bool) -> list[str]:
     written = []
     for key in ("tissue", "dseg", "brain_mask"):
         if key in case.labels:
-            write_image(case.labels[key], folder / f"{key}.nii.gz")
-            written.append(f"{key}.nii.gz")
+            write_image(case.labels[key], folder / out.image_file(key))
+            written.append(out.image_file(key))
     for key, image in case.images.items() if maps else ():
         if key.startswith(("prob_", "pve_")) or key in ("bias_field",):
-            write_image(image, folder / f"{key}.nii.gz")
-            written.append(f"{key}.nii.gz")
+            write_image(image, folder / out.image_file(key))
+            written.append(out.image_file(key))
     return written
 
 
@@ -410,10 +411,10 @@ def write_run_outputs(
 
     with case.step("write") as recorded:
         files = _write_label_maps(case, folder, maps=maps)
-        write_json(volumes, folder / "volumes.json")
-        with atomic_path(folder / "volumes.csv") as tmp:
+        write_json(volumes, folder / out.VOLUMES_JSON)
+        with atomic_path(folder / out.VOLUMES_CSV) as tmp:
             tmp.write_text(volumes_csv(volumes))
-        recorded["files"] = [*files, "volumes.json", "volumes.csv"]
+        recorded["files"] = [*files, out.VOLUMES_JSON, out.VOLUMES_CSV]
     written = list(recorded["files"])
     with case.step("report") as recorded:
         recorded["files"] = build_report(
@@ -433,7 +434,7 @@ def write_run_outputs(
         with case.step("export:dicom") as recorded:
             recorded["files"] = export_dicom(
                 folder, source=source, image=case.image, dseg=case.labels["dseg"], volumes=volumes,
-                table=freesurfer(), pdf=folder / "report.pdf",
+                table=freesurfer(), pdf=folder / out.REPORT_PDF,
             )  # fmt: skip
         written += recorded["files"]
     return written

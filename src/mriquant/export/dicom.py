@@ -56,6 +56,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import EncapsulatedPDFStorage
 
 import mriquant
+from mriquant.core import outputs as out
 from mriquant.core.errors import DicomError, FormatError, GeometryError, InputError
 from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import LabelTable, freesurfer
@@ -706,9 +707,10 @@ def export_dicom(
         warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         seg = build_segmentation(src, dseg, numbers, table, series_number=series_number, equipment=equipment)
         report = build_report(src, seg, numbers, volumes, table, series_number=series_number + 1, equipment=equipment)
-        objects: dict[str, Dataset] = {"seg.dcm": seg, "sr.dcm": report}
+        objects: dict[str, Dataset] = {out.SEG_DCM: seg, out.SR_DCM: report}
         if pdf is not None:
-            objects["report_pdf.dcm"] = build_pdf(src, Path(pdf), series_number=series_number + 2, equipment=equipment)
+            pdf_object = build_pdf(src, Path(pdf), series_number=series_number + 2, equipment=equipment)
+            objects[out.REPORT_PDF_DCM] = pdf_object
     for name, dataset in objects.items():
         with atomic_path(folder / name) as tmp:
             dataset.save_as(tmp, enforce_file_format=True)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mriquant.core import outputs as out
 from mriquant.core.errors import InputError, OutputError
 from mriquant.core.image import Image, LabelImage
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["REPORT_FILES", "build_change_report", "build_report"]
 
 #: Names of the files :func:`build_report` writes.
-REPORT_FILES = ("report.html", "report.pdf")
+REPORT_FILES = (out.REPORT_HTML, out.REPORT_PDF)
 
 Convention = Literal["radiological", "neurological"]
 
@@ -88,7 +89,7 @@ def build_report(
     Returns
     -------
     list of str
-        ``["report.html", "report.pdf"]``.
+        The names written: :data:`REPORT_FILES` (``report.html`` and ``report.pdf``).
 
     Raises
     ------
