@@ -279,40 +279,55 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+Writer = Callable[[Any, Path, Callable[[list[str]], dict[str, Any]]], list[str]]
+
+
+def _single_input(args: argparse.Namespace, *, parameters: dict[str, Any], process: Callable[[Any], Any],
+                  write: Writer) -> int:  # fmt: skip
+    """Read -> ``process`` -> ``write`` -> ``manifest.json`` in an atomic output folder: every one-scan command.
+
+    ``write(case, folder, document)`` writes the command's files and returns their names; ``document(outputs)``
+    is the manifest as it stands (for a report that shows it).
+    """
     from mriquant import manifest
-    from mriquant.cli_options import options_from_args
     from mriquant.io import output_folder, write_json
-    from mriquant.pipeline import RunConfig, quantify_case, run_pipeline, write_run_outputs
+
+    started, t0 = _now(), time.perf_counter()
+    with _display(args) as display:
+        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
+            case = process(_read_input(args))
+
+            def document(outputs: list[str]) -> dict[str, Any]:
+                return manifest.build(
+                    command=args.command, argv=args.argv, parameters=parameters, inputs=[args.input],
+                    outputs=outputs, steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
+                    extra={"input_geometry": _geometry(case.image)},
+                )  # fmt: skip
+
+            outputs = [*write(case, staging, document), out.MANIFEST]
+            write_json(document(outputs), staging / out.MANIFEST)
+        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mriquant.cli_options import options_from_args
+    from mriquant.pipeline import QuantifyStep, RunConfig, run_pipeline, write_run_outputs
     from mriquant.segment import get_segmenter
 
     options = options_from_args(args, get_segmenter(args.method).options_type) if args.method else None
     config = RunConfig.for_method(args.method, options, skullstripped=args.skullstripped)
     if args.no_structures:
         config = config.without_structures()
-    started, t0 = _now(), time.perf_counter()
-    with _display(args) as display:
-        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
-            case = run_pipeline(_read_input(args), config)
-            with case.step("quantify", {}):
-                volumes = quantify_case(case)
-
-            def document(outputs: list[str]) -> dict[str, Any]:
-                return manifest.build(
-                    command="run", argv=args.argv, parameters=config.as_dict(), inputs=[args.input],
-                    outputs=outputs, steps=case.provenance, started=started, seconds=time.perf_counter() - t0,
-                    extra={"input_geometry": _geometry(case.image)},
-                )  # fmt: skip
-
-            outputs = write_run_outputs(case, staging, volumes, manifest=document([]), source=args.input,
-                                        maps=args.save_maps)  # fmt: skip
-            write_json(document([*outputs, out.MANIFEST]), staging / out.MANIFEST)
-        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
-    return 0
+    return _single_input(
+        args, parameters=config.as_dict(), process=lambda case: QuantifyStep()(run_pipeline(case, config)),
+        write=lambda case, folder, document: write_run_outputs(
+            case, folder, case.measurements["volumes"], manifest=document([]), source=args.input, maps=args.save_maps
+        ),
+    )  # fmt: skip
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from mriquant.io import output_folder
     from mriquant.pipeline import DEFAULT_STEPS, PreprocessConfig, preprocess, write_preprocess_outputs
 
     config = PreprocessConfig(
@@ -322,36 +337,26 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
         save_bias_field=args.save_field,
         skullstripped=args.skullstripped,
     )
-    started, t0 = _now(), time.perf_counter()
-    with _display(args) as display:
-        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
-            case = preprocess(_read_input(args), config)
-            outputs = [*write_preprocess_outputs(case, staging), out.MANIFEST]
-            _write_manifest(args, staging, case, parameters=config.as_dict(), outputs=outputs, started=started, t0=t0)
-        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
-    return 0
+    return _single_input(args, parameters=config.as_dict(), process=lambda case: preprocess(case, config),
+                         write=lambda case, folder, _: write_preprocess_outputs(case, folder))  # fmt: skip
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from mriquant.cli_options import options_from_args
-    from mriquant.io import output_folder
     from mriquant.pipeline import prepare_for_segmentation, registration_for, write_segment_outputs
-    from mriquant.segment import get_segmenter, segment_step
+    from mriquant.segment.base import SegmentStep, get_segmenter
 
     cls = get_segmenter(args.method)
     segmenter = cls(options_from_args(args, cls.options_type))
-    started, t0 = _now(), time.perf_counter()
-    with _display(args) as display:
-        with output_folder(args.output, force=args.force, inputs=[args.input]) as staging:
-            case = prepare_for_segmentation(
-                _read_input(args), skullstripped=args.skullstripped, registration=registration_for([segmenter])
-            )
-            case = segment_step(case, segmenter)
-            outputs = [*write_segment_outputs(case, staging), out.MANIFEST]
-            params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
-            _write_manifest(args, staging, case, parameters=params, outputs=outputs, started=started, t0=t0)
-        display.finish(f"wrote {args.output} ({_elapsed(t0)})")
-    return 0
+
+    def process(case: Any) -> Any:
+        prepared = prepare_for_segmentation(case, skullstripped=args.skullstripped,
+                                            registration=registration_for([segmenter]))  # fmt: skip
+        return SegmentStep(segmenter)(prepared)
+
+    params = {"method": args.method, "skullstripped": args.skullstripped, "options": segmenter.params()}
+    return _single_input(args, parameters=params, process=process,
+                         write=lambda case, folder, _: write_segment_outputs(case, folder))  # fmt: skip
 
 
 def _cmd_longitudinal(args: argparse.Namespace) -> int:
@@ -396,12 +401,12 @@ def _write_longitudinal_outputs(
     from mriquant import manifest
     from mriquant.io import write_json
     from mriquant.io.write import atomic_path
-    from mriquant.pipeline import quantify_case
+    from mriquant.pipeline import QuantifyStep
     from mriquant.quantify.longitudinal import change_csv
     from mriquant.report import build_change_report
 
-    with baseline.step("quantify", {}):
-        volumes = quantify_case(baseline)
+    baseline = QuantifyStep()(baseline)
+    volumes = baseline.measurements["volumes"]
     with baseline.step("write") as recorded:
         write_json(change, staging / out.CHANGE_JSON)
         with atomic_path(staging / out.CHANGE_CSV) as tmp:
@@ -429,34 +434,6 @@ def _write_longitudinal_outputs(
     outputs += [*recorded["files"], out.MANIFEST]
     write_json(document(outputs), staging / out.MANIFEST)
     return outputs
-
-
-def _write_manifest(
-    args: argparse.Namespace,
-    staging: Path,
-    case: Any,
-    *,
-    parameters: dict[str, Any],
-    outputs: list[str],
-    started: str,
-    t0: float,
-) -> None:
-    """Write ``manifest.json`` of a command that read ``args.input`` into ``case``."""
-    from mriquant import manifest
-    from mriquant.io import write_json
-
-    data = manifest.build(
-        command=args.command,
-        argv=args.argv,
-        parameters=parameters,
-        inputs=[args.input],
-        outputs=outputs,
-        steps=case.provenance,
-        started=started,
-        seconds=time.perf_counter() - t0,
-        extra={"input_geometry": _geometry(case.image)},
-    )
-    write_json(data, staging / out.MANIFEST)
 
 
 def _geometry(image: Any) -> dict[str, Any]:

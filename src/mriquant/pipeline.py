@@ -369,6 +369,16 @@ def run_pipeline(case: Case, config: RunConfig) -> Case:
     return case
 
 
+class QuantifyStep(CaseStep[NoOptions]):
+    """Case step ``"quantify"``: shape, QC and volumes into ``case.measurements["volumes"]`` (:func:`quantify_case`)."""
+
+    name = "quantify"
+
+    def apply(self, case: Case, record: dict[str, Any]) -> None:
+        """Measure the case."""
+        case.measurements["volumes"] = quantify_case(case)
+
+
 def quantify_case(case: Case) -> dict[str, Any]:
     """Shape, QC and volumes of a segmented case: the ``volumes.json`` document."""
     from mriquant.core.labels import freesurfer

@@ -65,6 +65,8 @@ class Case:
         Spatial transforms, e.g. ``"to_mni"``.
     provenance : list of Step
         What was done, in order.
+    measurements : dict of str to object
+        What the quantification measured, by name (``"volumes"``: the ``volumes.json`` document).
 
     """
 
@@ -73,6 +75,7 @@ class Case:
     labels: dict[str, LabelImage] = field(default_factory=dict)
     transforms: dict[str, Any] = field(default_factory=dict)
     provenance: list[Step] = field(default_factory=list)
+    measurements: dict[str, Any] = field(default_factory=dict)
 
     def evolve(self, **changes: Any) -> Case:
         """Return a shallow copy with ``changes`` applied (arrays are shared, not copied)."""
@@ -82,6 +85,7 @@ class Case:
             labels=dict(self.labels),
             transforms=dict(self.transforms),
             provenance=list(self.provenance),
+            measurements=dict(self.measurements),
         )
         for key, value in changes.items():
             setattr(copy, key, value)
