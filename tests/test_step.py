@@ -106,3 +106,17 @@ def test_run_is_a_list_of_steps_with_one_registration_decision() -> None:
         "n4", "register", "segment:deep"]  # fmt: skip
     assert registration_for([get_segmenter("otsu")()]) is None
     assert registration_for([get_segmenter("deep")(), get_segmenter("atlas")()]) == "syn"
+
+
+def test_quantify_is_a_step_and_the_report_reads_the_measured_case(phantom: Phantom, tmp_path: Any) -> None:
+    from mriquant.pipeline import QuantifyStep
+    from mriquant.report import report_case
+
+    case = SegmentStep(get_segmenter("otsu")())(_case(phantom))
+    with pytest.raises(Exception, match="Expected a measured case"):
+        report_case(tmp_path, case, manifest={})
+    measured = QuantifyStep()(case)
+    assert "volumes" not in case.measurements and measured.provenance[-1].name == "quantify"
+    volumes = measured.measurements["volumes"]
+    assert volumes["units"] == "mL" and volumes["tissues"]["gm_ml"] > 0
+    assert report_case(tmp_path, measured, manifest={}) == ["report.html", "report.pdf"]

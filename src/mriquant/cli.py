@@ -322,7 +322,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _single_input(
         args, parameters=config.as_dict(), process=lambda case: QuantifyStep()(run_pipeline(case, config)),
         write=lambda case, folder, document: write_run_outputs(
-            case, folder, case.measurements["volumes"], manifest=document([]), source=args.input, maps=args.save_maps
+            case, folder, manifest=document([]), source=args.input, maps=args.save_maps
         ),
     )  # fmt: skip
 

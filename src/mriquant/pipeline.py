@@ -404,9 +404,18 @@ def quantify_case(case: Case) -> dict[str, Any]:
 
 
 def write_run_outputs(
-    case: Case, folder: Path, volumes: dict[str, Any], *, manifest: dict[str, Any], source: Path, maps: bool = False
+    case: Case,
+    folder: Path,
+    volumes: dict[str, Any] | None = None,
+    *,
+    manifest: dict[str, Any],
+    source: Path,
+    maps: bool = False,
 ) -> list[str]:
     """Write every output of ``run`` except ``manifest.json``; return the names written.
+
+    ``volumes`` is the case's ``measurements["volumes"]`` (from :class:`QuantifyStep`); when given, it is
+    stored there first.
 
     Label images (native grid; with ``maps`` also the tissue probability / partial-volume maps),
     ``volumes.json``, ``volumes.csv`` (step ``"write"``), ``report.html`` / ``report.pdf`` (step ``"report"``),
@@ -417,8 +426,11 @@ def write_run_outputs(
     from mriquant.io import write_json
     from mriquant.io.write import atomic_path
     from mriquant.quantify.measure import volumes_csv
-    from mriquant.report import build_report
+    from mriquant.report import report_case
 
+    if volumes is not None:
+        case.measurements["volumes"] = volumes
+    volumes = case.measurements["volumes"]
     with case.step("write") as recorded:
         files = _write_label_maps(case, folder, maps=maps)
         write_json(volumes, folder / out.VOLUMES_JSON)
@@ -427,16 +439,7 @@ def write_run_outputs(
         recorded["files"] = [*files, out.VOLUMES_JSON, out.VOLUMES_CSV]
     written = list(recorded["files"])
     with case.step("report") as recorded:
-        recorded["files"] = build_report(
-            folder,
-            image=case.image,
-            volumes=volumes,
-            manifest=manifest,
-            brain_mask=case.labels.get("brain_mask"),
-            tissue=case.labels.get("tissue"),
-            dseg=case.labels.get("dseg"),
-            qc=volumes.get("qc"),
-        )
+        recorded["files"] = report_case(folder, case, manifest=manifest)
     written += recorded["files"]
     if case.image.meta.get("format") == "dicom" and "dseg" in case.labels:
         from mriquant.export import export_dicom

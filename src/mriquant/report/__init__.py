@@ -32,10 +32,11 @@ from mriquant.core.errors import InputError, OutputError
 from mriquant.core.image import Image, LabelImage
 
 if TYPE_CHECKING:
+    from mriquant.core.case import Case
     from mriquant.report.figures import ReportFigure
     from mriquant.report.html import ReportContent
 
-__all__ = ["REPORT_FILES", "build_change_report", "build_report"]
+__all__ = ["REPORT_FILES", "build_change_report", "build_report", "report_case"]
 
 #: Names of the files :func:`build_report` writes.
 REPORT_FILES = (out.REPORT_HTML, out.REPORT_PDF)
@@ -118,6 +119,21 @@ def build_report(
     with atomic_path(pdf_path) as tmp:
         write_pdf(tmp, content, figures, thumbnail=thumbnail)
     return list(REPORT_FILES)
+
+
+def report_case(folder: Path, case: Case, *, manifest: Mapping[str, Any]) -> list[str]:
+    """Write the report of a measured case: :func:`build_report` with what the case holds.
+
+    ``case.measurements["volumes"]`` (from the quantify step) gives the volumes and QC; the label maps and the
+    input image come from the case.
+    """
+    if "volumes" not in case.measurements:
+        raise InputError("Expected a measured case (the quantify step), found no volumes; run QuantifyStep first.")
+    volumes = case.measurements["volumes"]
+    return build_report(
+        folder, image=case.image, volumes=volumes, manifest=manifest, brain_mask=case.labels.get("brain_mask"),
+        tissue=case.labels.get("tissue"), dseg=case.labels.get("dseg"), qc=volumes.get("qc"),
+    )  # fmt: skip
 
 
 def build_change_report(
