@@ -4,4 +4,5 @@ import sys
 
 from mriquant.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned worker process imports this module too: it must not run the command
+    sys.exit(main())

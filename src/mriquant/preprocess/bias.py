@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from mriquant.core.ants_bridge import ants_module, to_ants
+from mriquant.core.ants_bridge import N4_THREADS, ants_module, run_with_itk_threads, to_ants
 from mriquant.core.case import Case
 from mriquant.core.errors import GeometryError, InputError
 from mriquant.core.image import Image, LabelImage
@@ -194,6 +194,19 @@ def _shrink(image: Image, fit: npt.NDArray[np.bool_], factor: int) -> tuple[Imag
     return Image(small, image.affine @ to_small), small_fit, start
 
 
+def _n4_small_field(small: Image, fit: npt.NDArray[np.bool_], options: N4Options) -> npt.NDArray[np.float32]:
+    """ANTs N4 on the subsampled image: the field on its grid (run in a child process with fixed ITK threads)."""
+    field = ants_module().n4_bias_field_correction(
+        to_ants(small),
+        mask=to_ants(small.with_array(fit.astype(np.float32))),
+        shrink_factor=1,
+        convergence={"iters": list(options.iterations), "tol": options.convergence},
+        spline_param=round(options.spline_distance_mm),
+        return_bias_field=True,
+    ).numpy()
+    return np.asarray(field, dtype=np.float32)
+
+
 def _ants_n4_field(image: Image, fit: npt.NDArray[np.bool_], options: N4Options) -> npt.NDArray[np.float32]:
     """Run ANTs N4 on the subsampled image and return the field on the native grid.
 
@@ -201,17 +214,8 @@ def _ants_n4_field(image: Image, fit: npt.NDArray[np.bool_], options: N4Options)
     copies in memory doing so; the field (smooth over tens of mm) is interpolated linearly in
     the log domain here instead, from the subsampled grid (error < 1e-3).
     """
-    ants = ants_module()
-
     small, small_fit, start = _shrink(image, fit, options.shrink)
-    field = ants.n4_bias_field_correction(
-        to_ants(small),
-        mask=to_ants(small.with_array(small_fit.astype(np.float32))),
-        shrink_factor=1,
-        convergence={"iters": list(options.iterations), "tol": options.convergence},
-        spline_param=round(options.spline_distance_mm),
-        return_bias_field=True,
-    ).numpy()
+    field = run_with_itk_threads(_n4_small_field, small, small_fit, options, threads=N4_THREADS)
     if float(field.min()) <= 0.0 or not np.all(np.isfinite(field)):
         raise InputError(
             "Expected a positive, finite N4 bias field, found non-positive or NaN values; "

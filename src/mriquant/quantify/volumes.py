@@ -75,18 +75,49 @@ def _pv_volume(probability: Image | None, voxel_ml: float) -> float | None:
     return float(np.sum(probability.array, dtype=np.float64) * voxel_ml)
 
 
-#: How far (in voxel diagonals of the grid) a tissue probability is credited to the nearest structure of its
-#: class: far enough for the partial-volume rim of a boundary, not so far that sulcal CSF joins a ventricle.
-PV_REACH_VOXELS = 1.0
+def _neighbour_offsets(spacing: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """The 26 neighbour offsets, nearest first (physical distance; ties in a fixed order)."""
+    grid = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)])
+    order = np.argsort(np.linalg.norm(grid * spacing, axis=1), kind="stable")
+    return np.asarray(grid[order], dtype=np.int64)
+
+
+def _credited(
+    labels: npt.NDArray[Any], own: npt.NDArray[np.bool_], probability: npt.NDArray[Any], spacing: npt.NDArray[Any]
+) -> npt.NDArray[np.float64]:
+    """Probability summed per label id, over a label's own voxels and the rim around them.
+
+    A rim voxel is credited to the nearest of its 26 neighbours that is a structure of the class.
+    """
+    from scipy import ndimage
+
+    size = int(labels.max(initial=0)) + 1
+    sums = np.bincount(labels[own].ravel(), weights=probability[own].ravel(), minlength=size)
+    rim = ndimage.binary_dilation(own, structure=np.ones((3, 3, 3), bool)) & ~own & (probability > 0)
+    where = np.argwhere(rim)
+    credited = np.zeros(len(where), labels.dtype)
+    todo = np.ones(len(where), bool)
+    limit = np.asarray(labels.shape) - 1
+    for offset in _neighbour_offsets(spacing):
+        pending = np.flatnonzero(todo)
+        if pending.size == 0:
+            break
+        neighbour = tuple(np.clip(where[pending] + offset, 0, limit).T)
+        hit = own[neighbour]
+        credited[pending[hit]] = labels[neighbour][hit]
+        todo[pending[hit]] = False
+    sums += np.bincount(credited, weights=probability[rim], minlength=size)[:size]
+    return np.asarray(sums, dtype=np.float64)
 
 
 def structure_pv_volumes(dseg: LabelImage, probabilities: dict[str, Image]) -> dict[int, float]:
     """Partial-volume-aware volume (mL) of every structure that measures a tissue class.
 
-    Each voxel's probability of class ``c`` (CSF, GM, WM) is credited to the nearest structure whose class
-    is ``c`` (:data:`mriquant.core.labels.STRUCTURE_TISSUE`), if one lies within one voxel diagonal. So a
-    cortex measures the grey matter in and at its voxels and none of the sulcal CSF, and the grey-matter
-    structures together never exceed the partial-volume GM.
+    Each voxel's probability of class ``c`` (CSF, GM, WM) counts for its own structure when that structure's
+    class is ``c`` (:data:`mriquant.core.labels.STRUCTURE_TISSUE`), and otherwise for the nearest of its 26
+    neighbours that is a structure of class ``c``, if any. So a cortex measures the grey matter in and at its
+    voxels and none of the sulcal CSF, and the grey-matter structures together never exceed the
+    partial-volume GM.
 
     Parameters
     ----------
@@ -100,13 +131,10 @@ def structure_pv_volumes(dseg: LabelImage, probabilities: dict[str, Image]) -> d
     dict of int to float
         mL per structure id (ids of no class are absent).
     """
-    from scipy import ndimage
-
     from mriquant.core.geometry import bounding_box
     from mriquant.core.labels import STRUCTURE_TISSUE
 
     spacing = np.sqrt((dseg.affine[:3, :3] ** 2).sum(axis=0))
-    reach = PV_REACH_VOXELS * float(np.linalg.norm(spacing)) + 1e-6
     lookup = np.zeros(max(int(dseg.array.max(initial=0)), max(STRUCTURE_TISSUE)) + 1, np.uint8)
     lookup[list(STRUCTURE_TISSUE)] = list(STRUCTURE_TISSUE.values())
     classes = lookup[dseg.array]
@@ -115,14 +143,10 @@ def structure_pv_volumes(dseg: LabelImage, probabilities: dict[str, Image]) -> d
         probability = probabilities.get(tissue.name)
         if probability is None or not (classes == tissue.id).any():
             continue
-        box = bounding_box(classes == tissue.id, margin=int(np.ceil(reach / spacing.min())))
+        box = bounding_box(classes == tissue.id, margin=1)
         own = classes[box] == tissue.id
-        distance, nearest = ndimage.distance_transform_edt(~own, sampling=spacing, return_indices=True)
-        credited = dseg.array[box][tuple(nearest)]
-        weight = np.where(distance <= reach, probability.array[box], 0.0)
-        sums = np.bincount(credited.ravel(), weights=weight.ravel())
-        ids = np.unique(dseg.array[box][own])
-        out.update({int(i): float(sums[i]) * dseg.voxel_volume_ml for i in ids})
+        sums = _credited(dseg.array[box], own, probability.array[box], spacing)
+        out.update({int(i): float(sums[i]) * dseg.voxel_volume_ml for i in np.unique(dseg.array[box][own])})
     return out
 
 
