@@ -109,7 +109,8 @@ def run_with_itk_threads(function: Callable[..., Any], *args: Any, threads: int)
         job.write_bytes(pickle.dumps((function, args)))
         entry = "from mriquant.core.ants_bridge import _child; _child()"
         command = [sys.executable, "-c", entry, str(job), str(result)]
-        env = {**os.environ, ITK_THREADS_ENV: str(threads)}
+        # the child imports the same mriquant as this process, even one put on sys.path by a script
+        env = {**os.environ, ITK_THREADS_ENV: str(threads), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0 or not result.is_file():
             raise RuntimeError(f"ITK child process for {function.__name__} failed ({done.returncode}):\n{done.stderr}")
