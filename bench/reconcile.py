@@ -20,27 +20,21 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # benchmark this checkout, not an installed copy
-DATA = ROOT.parent / "shared" / "data" / "miccai2012" / "train"
-RESULTS = ROOT / "bench" / "reconcile_results"
+from _harness import MICCAI, results_dir
+from mriquant.core.labels import SUBCORTICAL_15
+from mriquant.evaluate import apply_map, dice, load_map
+from mriquant.io import read_image, read_labels
+from mriquant.segment.reconcile import structure_classes
+
+RESULTS = results_dir("reconcile_results")
 HELD_OUT = ("1013", "1014", "1015", "1017", "1036")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def scores(tissue: np.ndarray, dseg: np.ndarray, truth_tissue: np.ndarray, truth_dseg: np.ndarray) -> dict[str, Any]:
-    from mriquant.core.labels import SUBCORTICAL_15
-    from mriquant.segment.reconcile import structure_classes
-
     gm_structures = int((structure_classes(dseg) == 2).sum())
     return {
         "gm_dice": dice(tissue == 2, truth_tissue == 2),
@@ -53,34 +47,22 @@ def scores(tissue: np.ndarray, dseg: np.ndarray, truth_tissue: np.ndarray, truth
 
 def bench_subject(subject: str) -> dict[str, Any]:
     from mriquant.core.case import Case
-    from mriquant.evaluate import load_map
-    from mriquant.io import read_image
     from mriquant.pipeline import RunConfig, pipeline_steps
 
-    case = Case(read_image(DATA / f"{subject}_SS.nii.gz"))
+    case = Case(read_image(MICCAI / f"{subject}_SS.nii.gz"))
     steps = pipeline_steps(RunConfig(skullstripped=True))
     for step in steps[:-1]:
         case = step(case)
     t0 = time.perf_counter()
     after = steps[-1](case)
     seconds = time.perf_counter() - t0
-    mapping = load_map("miccai2012-to-freesurfer")
-    glm = read_image(DATA / f"{subject}_glm.nii.gz").array.astype(np.int32)
-    truth_dseg = _map(glm, mapping)
-    truth_tissue = read_image(DATA / f"{subject}_classified.nii.gz").array.astype(np.int32)
+    truth_dseg = apply_map(read_labels(MICCAI / f"{subject}_glm.nii.gz"), load_map("miccai2012-to-freesurfer")).array
+    truth_tissue = read_labels(MICCAI / f"{subject}_classified.nii.gz").array
     row: dict[str, Any] = {"subject": subject, "reconcile_seconds": round(seconds, 2)}
     for name, c in (("before", case), ("after", after)):
         row[name] = scores(c.labels["tissue"].array, c.labels["dseg"].array, truth_tissue, truth_dseg)
     row["moved_ml"] = after.provenance[-1].params["moved_ml"]
     return row
-
-
-def _map(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
-    lookup = np.zeros(int(labels.max()) + 1, np.int32)
-    for source, target in mapping.items():
-        if source < lookup.size:
-            lookup[source] = target
-    return lookup[labels]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -99,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subjects", nargs="+", default=list(HELD_OUT))
     args = p.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"MICCAI 2012 data not found at {DATA}; nothing to measure.", file=sys.stderr)
+    if not MICCAI.is_dir():
+        print(f"MICCAI 2012 data not found at {MICCAI}; nothing to measure.", file=sys.stderr)
         return 1
     rows = [bench_subject(s) for s in args.subjects]
     text = table(rows)

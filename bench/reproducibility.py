@@ -33,13 +33,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "reproducibility_results"
+from _harness import DATA, MICCAI, REPO, results_dir
+
+RESULTS = results_dir("reproducibility_results")
 SCANS: dict[str, tuple[Path, list[str]]] = {
-    "demo": (ROOT / "src" / "mriquant" / "data" / "demo" / "chris_t1.nii.gz", []),
+    "demo": (REPO / "src" / "mriquant" / "data" / "demo" / "chris_t1.nii.gz", []),
     "philips": (DATA / "dicom" / "philips-t1-mprage" / "dicom", []),
-    "miccai-1013": (DATA / "miccai2012" / "train" / "1013_SS.nii.gz", ["--skullstripped"]),
+    "miccai-1013": (MICCAI / "1013_SS.nii.gz", ["--skullstripped"]),
 }
 GM_LIMIT = 1.02
 PARENCHYMA_LIMIT = 0.03
@@ -49,7 +49,7 @@ def run_once(scan: str, out: Path, threads: str | None) -> float:
     """``mriquant run`` on ``scan`` in a child process; returns its wall time in seconds."""
     source, flags = SCANS[scan]
     env = {k: v for k, v in os.environ.items() if k != "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"}
-    env["PYTHONPATH"] = str(ROOT / "src")  # this checkout, not an installed copy
+    env["PYTHONPATH"] = str(REPO / "src")  # this checkout, not an installed copy
     if threads is not None:
         env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = threads
     command = [sys.executable, "-m", "mriquant", "-q", "run", str(source), "-o", str(out), "--force", *flags]
