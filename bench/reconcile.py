@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 
 from _harness import MICCAI, results_dir
-from mriquant.core.labels import SUBCORTICAL_15
+from mriquant.core.labels import SUBCORTICAL_15, structure_classes
 from mriquant.evaluate import apply_map, dice, load_map
 from mriquant.io import read_image, read_labels
-from mriquant.segment.reconcile import structure_classes
 
 RESULTS = results_dir("reconcile_results")
 HELD_OUT = ("1013", "1014", "1015", "1017", "1036")

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from mriquant.core.errors import InputError
 
@@ -144,6 +148,15 @@ STRUCTURE_TISSUE: dict[int, int] = {
     **dict.fromkeys((3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60, 172), 2),
     **dict.fromkeys((2, 41, 7, 46, 16), 3),
 }
+
+
+
+def structure_classes(dseg: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.uint8]:
+    """The tissue class (0 none, 1 CSF, 2 GM, 3 WM) that each voxel's structure measures (:data:`STRUCTURE_TISSUE`)."""
+    lookup = np.zeros(max(int(dseg.max(initial=0)), max(STRUCTURE_TISSUE)) + 1, np.uint8)
+    lookup[list(STRUCTURE_TISSUE)] = list(STRUCTURE_TISSUE.values())
+    return np.asarray(lookup[dseg], dtype=np.uint8)
+
 
 #: Cortex id -> the white-matter id of the same hemisphere and compartment (cerebrum, cerebellum).
 CORTEX_WHITE_MATTER: dict[int, int] = {3: 2, 42: 41, 8: 7, 47: 46}

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mriquant.core.image import Image, LabelImage
-from mriquant.core.labels import BILATERAL_PAIRS, TISSUES, LabelTable, freesurfer
+from mriquant.core.labels import BILATERAL_PAIRS, TISSUES, LabelTable, freesurfer, structure_classes
 
 #: FreeSurfer ids counted as ventricles (lateral, inferior lateral, 3rd, 4th, 5th).
 VENTRICLES = (4, 43, 5, 44, 14, 15, 72)
@@ -132,12 +132,9 @@ def structure_pv_volumes(dseg: LabelImage, probabilities: dict[str, Image]) -> d
         mL per structure id (ids of no class are absent).
     """
     from mriquant.core.geometry import bounding_box
-    from mriquant.core.labels import STRUCTURE_TISSUE
 
     spacing = np.sqrt((dseg.affine[:3, :3] ** 2).sum(axis=0))
-    lookup = np.zeros(max(int(dseg.array.max(initial=0)), max(STRUCTURE_TISSUE)) + 1, np.uint8)
-    lookup[list(STRUCTURE_TISSUE)] = list(STRUCTURE_TISSUE.values())
-    classes = lookup[dseg.array]
+    classes = structure_classes(dseg.array)
     out: dict[int, float] = {}
     for tissue in TISSUES:
         probability = probabilities.get(tissue.name)

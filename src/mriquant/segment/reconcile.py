@@ -40,10 +40,10 @@ from scipy import ndimage
 from mriquant.core.case import Case
 from mriquant.core.geometry import bounding_box
 from mriquant.core.image import Image, LabelImage
-from mriquant.core.labels import CORTEX_WHITE_MATTER, STRUCTURE_TISSUE, SUBCORTICAL_NUCLEI, TISSUES
+from mriquant.core.labels import CORTEX_WHITE_MATTER, SUBCORTICAL_NUCLEI, TISSUES, structure_classes
 from mriquant.core.step import CaseStep, NoOptions
 
-__all__ = ["ReconcileStep", "Reconciled", "reconcile", "reconcile_step", "structure_classes"]
+__all__ = ["ReconcileStep", "Reconciled", "reconcile", "reconcile_step"]
 
 CSF, GM, WM = (t.id for t in TISSUES)
 
@@ -68,13 +68,6 @@ class Reconciled:
     dseg: LabelImage
     probabilities: dict[str, Image] = field(default_factory=dict)
     moved_ml: dict[str, float] = field(default_factory=dict)
-
-
-def structure_classes(dseg: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.uint8]:
-    """The tissue class (0 none, 1 CSF, 2 GM, 3 WM) that each voxel's structure measures."""
-    lookup = np.zeros(max(int(dseg.max(initial=0)), max(STRUCTURE_TISSUE)) + 1, np.uint8)
-    lookup[list(STRUCTURE_TISSUE)] = list(STRUCTURE_TISSUE.values())
-    return np.asarray(lookup[dseg], dtype=np.uint8)
 
 
 def _touching(candidates: npt.NDArray[np.bool_], target: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
