@@ -382,7 +382,7 @@ class QuantifyStep(CaseStep[NoOptions]):
 def quantify_case(case: Case) -> dict[str, Any]:
     """Shape, QC and volumes of a segmented case: the ``volumes.json`` document."""
     from mriquant.core.labels import freesurfer
-    from mriquant.quantify.measure import measure, tissue_probabilities
+    from mriquant.quantify.measure import measure
     from mriquant.quantify.qc import quality_control
     from mriquant.quantify.shape import structure_shapes
 
@@ -390,7 +390,7 @@ def quantify_case(case: Case) -> dict[str, Any]:
     shapes = structure_shapes(dseg, table=freesurfer()) if dseg is not None else None
     transform = case.transforms.get("to_mni")
     quality = transform.meta.get("quality") if transform is not None else None
-    probabilities = tissue_probabilities(case)
+    probabilities = case.tissue_probabilities()
     qc = quality_control(
         case.image,
         brain_mask=case.labels.get("brain_mask"),

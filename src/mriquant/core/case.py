@@ -17,6 +17,7 @@ from typing import Any
 
 from mriquant.core import progress
 from mriquant.core.image import Image, LabelImage
+from mriquant.core.labels import TISSUES
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class Case:
         for key, value in changes.items():
             setattr(copy, key, value)
         return copy
+
+    def tissue_probabilities(self) -> dict[str, Image]:
+        """The tissue posteriors a tissue method left on the case (``images["prob_CSF"]``, ...), keyed by name."""
+        return {t.name: self.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in self.images}
 
     @contextmanager
     def step(self, name: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:

@@ -22,7 +22,6 @@ import io
 from typing import Any
 
 from mriquant.core.case import Case
-from mriquant.core.image import Image
 from mriquant.core.labels import TISSUES, freesurfer
 from mriquant.quantify.volumes import (
     LabelVolume,
@@ -89,16 +88,11 @@ def _etiv(case: Case) -> dict[str, Any]:
     return out
 
 
-def tissue_probabilities(case: Case) -> dict[str, Image]:
-    """The tissue posteriors a tissue method left on the case (``images["prob_CSF"]``, ...), keyed by name."""
-    return {t.name: case.images[f"prob_{t.name}"] for t in TISSUES if f"prob_{t.name}" in case.images}
-
-
 def _tissue_section(case: Case, etiv: float | None) -> dict[str, Any]:
     tissue = case.labels.get("tissue")
     if tissue is None:
         return {"tissues": None, "tissues_reason": "no tissue segmentation", "tissue_classes": []}
-    rows = label_volumes(tissue, table=TISSUES, probabilities=tissue_probabilities(case), etiv_ml=etiv)
+    rows = label_volumes(tissue, table=TISSUES, probabilities=case.tissue_probabilities(), etiv_ml=etiv)
     totals = tissue_totals(tissue, etiv_ml=etiv)
     for t in TISSUES:
         pv = next((r.volume_pv_ml for r in rows if r.label == t.id), None)
@@ -153,7 +147,7 @@ def measure(
     etiv = doc["etiv_ml"]
     doc.update(_tissue_section(case, etiv))
     if "dseg" in case.labels:
-        probabilities = tissue_probabilities(case)
+        probabilities = case.tissue_probabilities()
         pv = structure_pv_volumes(case.labels["dseg"], probabilities) if probabilities else None
         volumes = label_volumes(case.labels["dseg"], table=freesurfer(), pv_ml=pv, etiv_ml=etiv)
         doc["structures"] = _structure_rows(case, volumes, _confidence(case), shapes)

@@ -186,8 +186,7 @@ class ReconcileStep(CaseStep[NoOptions]):
         if missing:
             record["skipped"] = f"no {' and no '.join(missing)} map"
             return
-        names = [t.name for t in TISSUES if f"prob_{t.name}" in case.images]
-        result = reconcile(case.labels["tissue"], case.labels["dseg"], {n: case.images[f"prob_{n}"] for n in names})
+        result = reconcile(case.labels["tissue"], case.labels["dseg"], case.tissue_probabilities())
         record["moved_ml"] = result.moved_ml
         case.labels["tissue"], case.labels["dseg"] = result.tissue, result.dseg
         case.images.update({f"prob_{name}": image for name, image in result.probabilities.items()})
