@@ -8,7 +8,7 @@ import pytest
 from mriquant.core.case import Case
 from mriquant.core.image import Image, LabelImage
 from mriquant.quantify.volumes import structure_pv_volumes, structure_totals
-from mriquant.segment.reconcile import reconcile, reconcile_step
+from mriquant.segment.reconcile import ReconcileStep, reconcile
 
 CSF, GM, WM = 1, 2, 3
 
@@ -78,11 +78,11 @@ def test_step_records_and_skips_without_both_maps() -> None:
     tissue, dseg = maps()
     image = Image(np.ones(tissue.shape, np.float32), tissue.affine)
     case = Case(image, labels={"tissue": tissue, "dseg": dseg})
-    out = reconcile_step(case)
+    out = ReconcileStep()(case)
     assert out.provenance[-1].name == "reconcile"
     assert out.provenance[-1].params["moved_ml"]["csf_unlabelled"] == pytest.approx(0.576)
-    alone = Case(image, labels={"tissue": tissue})
-    assert reconcile_step(alone) is alone
+    alone = ReconcileStep()(Case(image, labels={"tissue": tissue}))
+    assert alone.labels == {"tissue": tissue} and alone.provenance[-1].params["skipped"] == "no dseg map"
 
 
 def test_refuses_two_grids() -> None:

@@ -43,7 +43,7 @@ from mriquant.core.image import Image, LabelImage
 from mriquant.core.labels import CORTEX_WHITE_MATTER, SUBCORTICAL_NUCLEI, TISSUES, structure_classes
 from mriquant.core.step import CaseStep, NoOptions
 
-__all__ = ["ReconcileStep", "Reconciled", "reconcile", "reconcile_step"]
+__all__ = ["ReconcileStep", "Reconciled", "reconcile"]
 
 CSF, GM, WM = (t.id for t in TISSUES)
 
@@ -190,10 +190,3 @@ class ReconcileStep(CaseStep[NoOptions]):
         record["moved_ml"] = result.moved_ml
         case.labels["tissue"], case.labels["dseg"] = result.tissue, result.dseg
         case.images.update({f"prob_{name}": image for name, image in result.probabilities.items()})
-
-
-def reconcile_step(case: Case) -> Case:
-    """:class:`ReconcileStep` when the case has both maps; the case itself otherwise."""
-    if "tissue" not in case.labels or "dseg" not in case.labels:
-        return case
-    return ReconcileStep()(case)
